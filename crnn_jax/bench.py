@@ -1,0 +1,239 @@
+"""Speed measurements against peers, one subcommand each.
+
+    python -m crnn_jax.bench mel [--batch 16] [--seconds 30] [--repeats 10] [--json FILE]
+
+`mel`: the jitted log-mel front end (mel.log_mel_spectrogram, default MelConfig) beside librosa doing the
+same work clip by clip in the same run. To add a subcommand, write `bench_<name>(args)` and register it
+in `_SUBCOMMANDS` with a function that adds its options.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crnn_jax import mel
+
+# Peak DRAM/HBM bandwidth in bytes/s, matched as a substring of jax's device_kind.
+_PEAK_BANDWIDTH = {
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,  # SXM, "NVIDIA H100 80GB HBM3"
+    "H200": 4.8e12,
+    "A100-SXM4-80GB": 2.039e12,
+    "A100-SXM4-40GB": 1.555e12,
+}
+
+
+def _versions():
+    names = ("jax", "jaxlib", "librosa", "numpy")
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _device():
+    d = jax.devices()[0]
+    return {"backend": jax.default_backend(), "device_kind": d.device_kind,
+            "n_devices": jax.device_count(), "machine": platform.processor() or platform.machine()}
+
+
+def _peak_bandwidth(device_kind):
+    """Peak memory bandwidth in bytes/s for device_kind, or None when not in the table."""
+    for key, value in _PEAK_BANDWIDTH.items():
+        if key in device_kind:
+            return value
+    return None
+
+
+def _test_audio(batch, n_samples, sample_rate, seed=0):
+    """[batch, n_samples] float32: a few sines per clip plus noise, roughly music-like levels."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_samples, dtype=np.float64) / sample_rate
+    freqs = rng.uniform(50.0, 5000.0, size=(batch, 4, 1))  # Hz
+    tones = np.sin(2 * np.pi * freqs * t).sum(axis=1)  # [batch, n_samples]
+    return (0.1 * tones + 0.01 * rng.standard_normal((batch, n_samples))).astype(np.float32)
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _librosa_log_mel(config):
+    """Clip-by-clip librosa equivalent of mel.log_mel_spectrogram, or None if librosa is missing."""
+    try:
+        import librosa
+    except ImportError:
+        print("librosa is not installed: timing jax only (pip install librosa for the comparison)")
+        return None
+
+    def run(audio):  # [batch, n_samples] -> list of [n_mels, n_frames]
+        out = []
+        for clip in audio:
+            power = librosa.feature.melspectrogram(
+                y=clip, sr=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
+                n_mels=config.n_mels, fmin=config.f_min, fmax=config.f_max, power=config.power,
+                center=True, pad_mode="constant", htk=True, norm=None,
+            )
+            out.append(librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=config.top_db))
+        return out
+
+    return run
+
+
+def _single_threaded_blas(fn):
+    """fn run with BLAS limited to one thread (threadpoolctl, which scikit-learn brings with librosa),
+    or None if threadpoolctl is missing. On a loaded machine librosa's multithreaded matmul can be
+    several times slower than the single-threaded one, so the comparison is made against the faster."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+
+    def run(audio):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(audio)
+
+    return run
+
+
+def _gpu_thousand_clips(fn, config, seconds, chunk=100, total=1000):
+    """Seconds to featurise `total` clips of `seconds` s on the device, `chunk` clips per call."""
+    n_samples = int(round(seconds * config.sample_rate))
+    audio = jax.random.normal(jax.random.key(0), (chunk, n_samples), jnp.float32) * 0.1
+    fn(audio).block_until_ready()  # compile for this chunk shape
+    n_calls = -(-total // chunk)
+    start = time.perf_counter()
+    for _ in range(n_calls):
+        out = fn(audio)
+    out.block_until_ready()
+    return time.perf_counter() - start, n_calls * chunk
+
+
+def bench_mel(args):
+    """Throughput of the jitted log-mel front end beside librosa; prints a table, optionally writes JSON."""
+    config = mel.MelConfig()
+    n_samples = int(round(args.seconds * config.sample_rate))
+    audio = _test_audio(args.batch, n_samples, config.sample_rate)
+    fn = jax.jit(lambda a: mel.log_mel_spectrogram(a, config))
+    device = _device()
+
+    audio_dev = jax.device_put(audio)
+    compile_s = _timed(lambda: fn(audio_dev).block_until_ready())
+    lib = _librosa_log_mel(config)
+    if lib is not None:
+        reference = lib(audio[:1])[0].T  # warm-up, and a parity check: [n_frames, n_mels]
+        max_db_err = float(np.max(np.abs(np.asarray(fn(audio_dev[:1]))[0] - reference)))
+
+    peers = {}  # name -> clip-by-clip librosa runner
+    if lib is not None:
+        peers["librosa"] = lib
+        lib1 = _single_threaded_blas(lib)
+        if lib1 is not None:
+            peers["librosa, 1-thread BLAS"] = lib1
+    # Interleave all runs so that load from other processes hits each alike.
+    jax_s, peer_s = [], {name: [] for name in peers}
+    for _ in range(args.repeats):
+        jax_s.append(_timed(lambda: fn(audio_dev).block_until_ready()))
+        for name, run in peers.items():
+            peer_s[name].append(_timed(lambda: run(audio)))
+
+    # XLA's cost analysis counts a loop body once (the CPU path maps over clips), so take one clip's
+    # cost and multiply by the batch.
+    cost = jax.jit(lambda a: mel.log_mel_spectrogram(a, config)).lower(audio_dev[:1]).compile()
+    cost = cost.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) * args.batch
+    bytes_moved = float(cost.get("bytes accessed", float("nan"))) * args.batch
+
+    jax_med = float(np.median(jax_s))
+    result = {
+        "command": " ".join(["python -m crnn_jax.bench"] + sys.argv[1:]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": device, "versions": _versions(), "config": dataclasses.asdict(config),
+        "batch": args.batch, "seconds_per_clip": args.seconds, "repeats": args.repeats,
+        "compile_s": compile_s, "load_average_1m": os.getloadavg()[0],  # other jobs skew timings
+        "jax": {"median_s": jax_med, "min_s": min(jax_s), "clips_per_s": args.batch / jax_med},
+        "flops_per_batch": flops, "bytes_per_batch": bytes_moved,
+    }
+    rows = [("jax (jit)", jax_med, min(jax_s))]
+    for name, times in peer_s.items():
+        med = float(np.median(times))
+        result[name] = {"median_s": med, "min_s": min(times), "clips_per_s": args.batch / med}
+        rows.append((name, med, min(times)))
+    if peers:
+        best = min(peer_s, key=lambda name: result[name]["median_s"])
+        result["speedup_vs_librosa"] = result[best]["median_s"] / jax_med
+        result["speedup_vs"] = best
+        result["max_abs_db_diff_clip0"] = max_db_err
+
+    print(f"log-mel of {args.batch} x {args.seconds:g} s clips at {config.sample_rate} Hz "
+          f"(n_fft={config.n_fft}, hop={config.hop_length}, n_mels={config.n_mels}); "
+          f"{device['backend']} ({device['device_kind']}); median of {args.repeats}; "
+          f"load average {result['load_average_1m']:.1f} on {os.cpu_count()} cores")
+    print(f"{'impl':<24} {'median s':>9} {'min s':>8} {'clips/s':>9} {'audio s/s':>10}")
+    for name, med, low in rows:
+        print(f"{name:<24} {med:9.4f} {low:8.4f} {args.batch / med:9.1f} {args.batch * args.seconds / med:10.0f}")
+    if peers:
+        print(f"jax / {result['speedup_vs']} (the faster librosa) throughput: {result['speedup_vs_librosa']:.2f}x"
+              f"   (max |dB difference| on clip 0: {max_db_err:.2e})")
+    print(f"compile {compile_s:.2f} s; XLA cost per batch: {flops / 1e9:.3f} GFLOP, {bytes_moved / 1e6:.1f} MB "
+          f"-> {flops / jax_med / 1e9:.1f} GFLOP/s, {bytes_moved / jax_med / 1e9:.1f} GB/s")
+
+    if device["backend"] == "gpu":
+        total_s, n_clips = _gpu_thousand_clips(fn, config, args.seconds)
+        peak = _peak_bandwidth(device["device_kind"])
+        achieved = bytes_moved / args.batch * n_clips / total_s
+        fraction = "unknown" if peak is None else f"{achieved / peak:.1%}"
+        print(f"{n_clips} x {args.seconds:g} s clips: {total_s:.3f} s ({n_clips / total_s:.0f} clips/s); "
+              f"{achieved / 1e9:.0f} GB/s = {fraction} of peak bandwidth")
+        result["gpu_1000_clips"] = {"seconds": total_s, "clips": n_clips, "bytes_per_s": achieved,
+                                    "peak_bytes_per_s": peak,
+                                    "bandwidth_fraction": None if peak is None else achieved / peak}
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return result
+
+
+def _add_mel_args(parser):
+    parser.add_argument("--batch", type=int, default=16, help="clips per call")
+    parser.add_argument("--seconds", type=float, default=30.0, help="clip length, s")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls after warm-up")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers here")
+
+
+# name -> (add its options, run it, one-line help)
+_SUBCOMMANDS = {
+    "mel": (_add_mel_args, bench_mel, "log-mel front end vs librosa"),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m crnn_jax.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, run, help_text) in _SUBCOMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text))
+        sub.choices[name].set_defaults(func=run)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

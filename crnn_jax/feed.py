@@ -1,0 +1,110 @@
+"""Training batches onto the devices, K steps per call: the data set resident on the devices, or streamed.
+
+Both feeds take their examples from `data.sample_batch(seed, step)`, so they give the same batches and the
+same metrics (a test checks); they differ only in what crosses to the device per step:
+- ResidentFeed: the whole int16 data set is put on every device once (GTZAN: ~1.3 GB); each call ships
+  only indices (song, offset, gain, label: 16 bytes an example) and the step slices crops on the device.
+- StreamFeed: the host slices crops (2 bytes a sample) and prepares the next call's batch in a
+  background thread while the device runs the current one (double buffering).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crnn_jax import data as data_lib
+from crnn_jax import steps as steps_lib
+
+PLACEMENTS = ("auto", "device", "host")
+
+
+def plan(start: int, total: int, steps_per_call: int, boundaries: list[int]) -> list[tuple[int, int]]:
+    """Chunks (first_step, k) covering [start, total): at most steps_per_call steps each, and never across
+    a multiple of any boundary (log, eval, checkpoint), so those happen exactly where a K=1 run does them."""
+    out, step = [], start
+    while step < total:
+        nxt = min([total] + [(step // b + 1) * b for b in boundaries if b > 0])
+        k = min(steps_per_call, nxt - step)
+        out.append((step, k))
+        step += k
+    return out
+
+
+class _Feed:
+    def __init__(self, ds: data_lib.Dataset, cfg, train_songs: np.ndarray, n_devices: int):
+        self.ds, self.cfg, self.train_songs, self.n_devices = ds, cfg, train_songs, n_devices
+
+    def _indices(self, step: int, k: int) -> list[data_lib.Batch]:
+        c = self.cfg
+        return [data_lib.sample_batch(c.seed, s, train_songs=self.train_songs, lengths=self.ds.lengths,
+                                      batch_size=c.batch_size, crop=c.crop_samples, gain_db=c.gain_db)
+                for s in range(step, step + k)]
+
+    def _device_major(self, x: np.ndarray) -> np.ndarray:
+        """[k, global_batch, ...] -> [n_devices, k, per_device, ...] (pmap splits the leading axis)."""
+        k, b = x.shape[:2]
+        x = x.reshape(k, self.n_devices, b // self.n_devices, *x.shape[2:])  # [k, devices, per_device, ...]
+        return np.swapaxes(x, 0, 1)  # [devices, k, per_device, ...]
+
+    def _common(self, bs: list[data_lib.Batch]) -> dict:
+        return {"gains": self._device_major(np.stack([b.gains for b in bs])),
+                "labels": self._device_major(np.stack([self.ds.labels[b.songs] for b in bs]))}
+
+    def calls(self, chunks: list[tuple[int, int]]) -> Iterator[tuple[int, int, dict]]:
+        raise NotImplementedError
+
+
+class ResidentFeed(_Feed):
+    """The data set on every device; batches are indices (see module docstring)."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.audio = steps_lib.place_state(jnp.asarray(self.ds.audio))  # [n_songs, samples] int16, each device
+
+    def calls(self, chunks):
+        for step, k in chunks:
+            bs = self._indices(step, k)
+            batch = self._common(bs)
+            batch["songs"] = self._device_major(np.stack([b.songs for b in bs]).astype(np.int32))
+            batch["offsets"] = self._device_major(np.stack([b.offsets for b in bs]).astype(np.int32))
+            yield step, k, batch
+
+
+class StreamFeed(_Feed):
+    """Crops sliced on the host, one call ahead of the device in a background thread."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.audio = steps_lib.place_state(jnp.zeros((1, 1), jnp.int16))  # unused by the step; keeps one signature
+
+    def _make(self, step: int, k: int) -> dict:
+        bs = self._indices(step, k)
+        batch = self._common(bs)
+        crops = np.stack([data_lib.gather_crops(self.ds.audio, b.songs, b.offsets, self.cfg.crop_samples)
+                          for b in bs])  # [k, global_batch, crop] int16
+        batch["crops"] = self._device_major(crops)
+        return batch
+
+    def calls(self, chunks):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self._make, *chunks[0]) if chunks else None
+            for i, (step, k) in enumerate(chunks):
+                batch = ahead.result()
+                if i + 1 < len(chunks):
+                    ahead = pool.submit(self._make, *chunks[i + 1])
+                yield step, k, batch
+
+
+def make_feed(ds: data_lib.Dataset, cfg, train_songs: np.ndarray, n_devices: int, *, log=print) -> _Feed:
+    """The feed cfg.data_placement asks for; "auto" keeps the data on the devices when it fits
+    cfg.device_data_gb (per device), else streams."""
+    gb = ds.audio.nbytes / 2**30
+    resident = cfg.data_placement == "device" or (cfg.data_placement == "auto" and gb <= cfg.device_data_gb)
+    log(f"data placement: {'on every device' if resident else 'streamed from host memory'} "
+        f"({gb:.2f} GiB of int16 audio; budget {cfg.device_data_gb} GiB per device)")
+    return (ResidentFeed if resident else StreamFeed)(ds, cfg, train_songs, n_devices)

@@ -1,0 +1,200 @@
+"""The networks: a log-mel front end, four conv blocks, then GRUs (CRNN) or global pooling (CNN).
+
+Everything runs inside the jitted step from raw audio, so random crops and gains cost nothing on the host:
+
+    audio [batch, samples] --mel.log_mel_spectrogram--> [batch, frames, n_mels]
+      --BatchNorm over frequency (Choi et al. 2017)--> [batch, frames, n_mels, 1]
+      --4 x (Conv 3x3 -> BatchNorm -> ELU -> MaxPool -> Dropout)--> [batch, frames', mels', channels]
+      CRNN: fold mels' into channels -> GRU -> GRU (last step) -> Dropout -> Dense -> [batch, n_classes]
+      CNN:  mean over (frames', mels') -> Dropout -> Dense -> [batch, n_classes]
+
+Layout is NHWC with H = time and W = frequency, so pools are written (time, freq). Defaults follow Choi,
+Fazekas, Sandler & Cho, "Convolutional recurrent neural networks for music classification" (ICASSP 2017):
+channels 64/128/128/128, GRU 32/32, about 0.39 M parameters. Choi pooled (freq, time) by (2,2), (3,3),
+(4,4), (4,4) on 29 s inputs: 96 mels fold to 1 and ~1300 frames to ~13 GRU steps. On a 3 s crop (130
+frames) that would leave a single step and nothing for a recurrent layer to do, so `auto_time_pools`
+keeps Choi's time pools while the GRU still sees at least `min_steps` steps, and otherwise lowers the
+largest pool first: 3 s crops get (2, 2, 2, 2), i.e. 8 steps of ~0.37 s each.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from crnn_jax import mel
+
+CHOI_TIME_POOLS = (2, 3, 4, 4)
+
+
+def auto_time_pools(n_frames: int, min_steps: int = 8, base: Sequence[int] = CHOI_TIME_POOLS) -> tuple[int, ...]:
+    """Time pools for a crop of `n_frames` frames: Choi's, relaxed until >= min_steps GRU steps remain.
+
+    Lowers the largest pool (the last one among ties) by one at a time; never below 1.
+    -> one pool size per conv block.
+    """
+    pools = list(base)
+    while n_frames // math.prod(pools) < min_steps and max(pools) > 1:
+        i = max(range(len(pools)), key=lambda j: (pools[j], j))
+        pools[i] -= 1
+    return tuple(pools)
+
+
+class ConvBlock(nn.Module):
+    """Conv 3x3 -> BatchNorm -> ELU -> MaxPool -> Dropout on [batch, time, freq, channels]."""
+
+    features: int
+    pool: tuple[int, int]  # (time, freq)
+    dropout: float
+    axis_name: str | None = None  # BatchNorm statistics are averaged over this pmap axis in training
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, axis_name=self.axis_name if train else None,
+                         dtype=self.dtype)(x)
+        x = nn.elu(x)
+        x = nn.max_pool(x, self.pool, strides=self.pool)
+        return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class Frontend(nn.Module):
+    """Raw audio [batch, samples] -> normalised log-mel [batch, frames, n_mels, 1] (float32 throughout).
+
+    The normalisation is a BatchNorm over the frequency axis (one mean/variance per mel band, taken over
+    batch and time), as in Choi et al.; it also absorbs the dB offset of the random gain augmentation.
+    """
+
+    mel_config: mel.MelConfig
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, audio: jax.Array, *, train: bool) -> jax.Array:
+        x = mel.log_mel_spectrogram(audio.astype(jnp.float32), self.mel_config)  # [batch, frames, n_mels]
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.99,
+                         axis_name=self.axis_name if train else None, name="input_norm")(x)
+        return x[..., None]  # [batch, frames, n_mels, 1]: one input channel for the 2-D convs
+
+
+class _ConvStack(nn.Module):
+    conv_channels: Sequence[int]
+    time_pools: Sequence[int]
+    freq_pools: Sequence[int]
+    conv_dropout: float
+    axis_name: str | None
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = x.astype(self.dtype)
+        for i, (c, tp, fp) in enumerate(zip(self.conv_channels, self.time_pools, self.freq_pools)):
+            x = ConvBlock(c, (tp, fp), self.conv_dropout, self.axis_name, self.dtype, name=f"conv{i}")(x, train=train)
+        return x  # [batch, frames', mels', channels]
+
+
+class CRNN(nn.Module):
+    """Convolutional-recurrent network: log-mel -> 4 conv blocks -> 2 GRUs -> logits [batch, n_classes].
+
+    Attributes: n_classes; mel_config (front-end settings); conv_channels, time_pools, freq_pools (one per
+    block; pools are window = stride); gru_units (one GRU layer each); conv_dropout after every conv
+    block; final_dropout before the output; axis_name for cross-device BatchNorm; dtype of the convs,
+    GRUs and output layer (parameters stay float32).
+    """
+
+    n_classes: int
+    mel_config: mel.MelConfig
+    time_pools: Sequence[int]
+    conv_channels: Sequence[int] = (64, 128, 128, 128)
+    freq_pools: Sequence[int] = (2, 3, 4, 4)
+    gru_units: Sequence[int] = (32, 32)
+    conv_dropout: float = 0.1
+    final_dropout: float = 0.3
+    axis_name: str | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio: jax.Array, *, train: bool) -> jax.Array:
+        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train)
+        x = _ConvStack(self.conv_channels, self.time_pools, self.freq_pools, self.conv_dropout,
+                       self.axis_name, self.dtype, name="convs")(x, train=train)
+        b, t, f, c = x.shape
+        x = x.reshape(b, t, f * c)  # [batch, steps, mels' * channels]: frequency folded into features
+        for i, units in enumerate(self.gru_units):
+            x = nn.RNN(nn.GRUCell(units, dtype=self.dtype, parent=None), name=f"gru{i}")(x)  # [batch, steps, units]
+        x = x[:, -1]  # [batch, units]: the last GRU step has read the whole window
+        x = nn.Dropout(self.final_dropout, deterministic=not train)(x)
+        return nn.Dense(self.n_classes, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+
+
+class CNN(nn.Module):
+    """The report's plain-CNN baseline: the same front end and conv blocks, global mean pooling, Dense."""
+
+    n_classes: int
+    mel_config: mel.MelConfig
+    time_pools: Sequence[int]
+    conv_channels: Sequence[int] = (64, 128, 128, 128)
+    freq_pools: Sequence[int] = (2, 3, 4, 4)
+    conv_dropout: float = 0.1
+    final_dropout: float = 0.3
+    axis_name: str | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio: jax.Array, *, train: bool) -> jax.Array:
+        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train)
+        x = _ConvStack(self.conv_channels, self.time_pools, self.freq_pools, self.conv_dropout,
+                       self.axis_name, self.dtype, name="convs")(x, train=train)
+        x = x.mean(axis=(1, 2))  # [batch, channels]
+        x = nn.Dropout(self.final_dropout, deterministic=not train)(x)
+        return nn.Dense(self.n_classes, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+
+
+def mel_config_of(cfg) -> mel.MelConfig:
+    """The front-end settings of a `config.Config`."""
+    return mel.MelConfig(sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                         n_mels=cfg.n_mels, f_min=cfg.f_min, f_max=cfg.f_max)
+
+
+def time_pools_of(cfg) -> tuple[int, ...]:
+    """The time pools a `config.Config` asks for, chosen from its crop length when not given."""
+    if cfg.time_pools:
+        return tuple(cfg.time_pools)
+    n_frames = mel_config_of(cfg).n_frames(cfg.crop_samples)
+    return auto_time_pools(n_frames, cfg.min_gru_steps, CHOI_TIME_POOLS[: len(cfg.conv_channels)])
+
+
+def build_model(cfg, n_classes: int, *, axis_name: str | None = None) -> nn.Module:
+    """The CRNN or CNN a `config.Config` describes; axis_name is the pmap axis for BatchNorm."""
+    common = dict(n_classes=n_classes, mel_config=mel_config_of(cfg), time_pools=time_pools_of(cfg),
+                  conv_channels=tuple(cfg.conv_channels), freq_pools=tuple(cfg.freq_pools),
+                  conv_dropout=cfg.conv_dropout_rate(), final_dropout=cfg.final_dropout_rate(),
+                  axis_name=axis_name, dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32)
+    if cfg.model == "crnn":
+        return CRNN(gru_units=tuple(cfg.gru_units), **common)
+    return CNN(**common)
+
+
+def log_probs(logits: jax.Array, head: str) -> jax.Array:
+    """Per-class log-probabilities [batch, n_classes] of a head's logits.
+
+    softmax: log-softmax (sums to one). sigmoid: log-sigmoid of each output (the report's ten independent
+    probabilities); song-level aggregation averages these over windows either way.
+    """
+    return jax.nn.log_softmax(logits) if head == "softmax" else jax.nn.log_sigmoid(logits)
+
+
+def loss_fn(logits: jax.Array, labels: jax.Array, head: str) -> jax.Array:
+    """Per-example loss [batch]: softmax cross-entropy, or binary cross-entropy on one-hot labels (sigmoid).
+
+    The sigmoid head's loss is the mean over classes of the ten binary cross-entropies.
+    """
+    if head == "softmax":
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return optax.sigmoid_binary_cross_entropy(logits, one_hot).mean(axis=-1)

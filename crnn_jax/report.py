@@ -1,0 +1,153 @@
+"""Scores and pictures: song-level aggregation, confusion matrices, per-class P/R/F1, metrics.jsonl, plots.
+
+Song-level prediction = argmax of the mean over a song's windows of the per-window log-probabilities;
+that is the number reported as `test_accuracy`. Window-level accuracy is reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+def song_log_probs(window_logp: np.ndarray, window_song: np.ndarray, songs: np.ndarray) -> np.ndarray:
+    """Mean window log-probability per song: [W, C], [W] song ids, [S] songs -> [S, C]."""
+    index = {int(s): i for i, s in enumerate(songs)}
+    rows = np.array([index[int(s)] for s in window_song])
+    total = np.zeros((len(songs), window_logp.shape[1]), np.float64)
+    np.add.at(total, rows, window_logp)
+    counts = np.bincount(rows, minlength=len(songs))[:, None]
+    return total / np.maximum(counts, 1)
+
+
+def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """[n_classes, n_classes] counts; row = true class, column = predicted class."""
+    m = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(m, (labels, preds), 1)
+    return m
+
+
+def per_class(conf: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    out = {}
+    for i, name in enumerate(class_names):
+        tp = conf[i, i]
+        p = tp / conf[:, i].sum() if conf[:, i].sum() else 0.0
+        r = tp / conf[i].sum() if conf[i].sum() else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        out[name] = {"precision": float(p), "recall": float(r), "f1": float(f1), "support": int(conf[i].sum())}
+    return out
+
+
+def evaluate_scores(window_logp: np.ndarray, window_song: np.ndarray, songs: np.ndarray, labels: np.ndarray,
+                    class_names: Sequence[str]) -> dict:
+    """Window- and song-level scores. window_logp [W, C]; window_song [W]; songs [S]; labels: per dataset
+    row (indexed by song id). -> dict with accuracy (song-level), window_accuracy, loss (window NLL),
+    confusion (song), window_confusion, per_class (song), n_songs, n_windows."""
+    n_classes = len(class_names)
+    w_labels = labels[window_song]
+    w_pred = window_logp.argmax(-1)
+    slp = song_log_probs(window_logp, window_song, songs)
+    s_labels = labels[songs]
+    s_pred = slp.argmax(-1)
+    conf = confusion(s_labels, s_pred, n_classes)
+    return {
+        "accuracy": float((s_pred == s_labels).mean()),
+        "window_accuracy": float((w_pred == w_labels).mean()),
+        "loss": float(-window_logp[np.arange(len(w_labels)), w_labels].mean()),
+        "confusion": conf.tolist(),
+        "window_confusion": confusion(w_labels, w_pred, n_classes).tolist(),
+        "per_class": per_class(conf, class_names),
+        "n_songs": int(len(songs)),
+        "n_windows": int(len(window_song)),
+        "song_predictions": s_pred.tolist(),
+    }
+
+
+# --- metrics.jsonl ---------------------------------------------------------------------------------------
+def read_metrics(path: str) -> list[dict]:
+    """All complete JSON lines of a metrics file (a torn last line from a kill is ignored)."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+    """Keep only lines with step <= last_step (a resumed run rewrites what came after its checkpoint)."""
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def append_metrics(path: str, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+# --- pictures --------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(conf: np.ndarray, class_names: Sequence[str], path: str, title: str) -> None:
+    """Row-normalised confusion matrix with counts, saved as PNG."""
+    plt = _pyplot()
+    conf = np.asarray(conf)
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(conf.shape[0]):
+        for j in range(conf.shape[1]):
+            if conf[i, j]:
+                ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(rows: list[dict], path: str) -> None:
+    """Training and validation loss/accuracy against step, saved as PNG."""
+    plt = _pyplot()
+    train = [r for r in rows if "train_loss" in r]
+    evals = [r for r in rows if "eval_loss" in r]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        a1.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train")
+        a2.plot([r["step"] for r in train], [r["train_accuracy"] for r in train], label="train (windows)")
+    if evals:
+        a1.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="validation")
+        a2.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="validation (songs)")
+    a1.set_xlabel("step")
+    a1.set_ylabel("loss")
+    a2.set_xlabel("step")
+    a2.set_ylabel("accuracy")
+    a2.set_ylim(0, 1)
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

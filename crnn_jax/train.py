@@ -1,0 +1,280 @@
+"""`python -m crnn_jax.train`: train a CRNN or CNN genre classifier, evaluate it by song, write a report.
+
+    python -m crnn_jax.train                                  # built-in synthetic music, a few minutes on CPU
+    python -m crnn_jax.train --config experiments/gtzan.py --data /path/to/genres
+    python -m crnn_jax.train --workdir runs/x                 # again: resumes from the newest checkpoint
+
+The workdir gets config.json, metrics.jsonl, checkpoints/ (orbax), results.json, confusion.png, curves.png.
+Every random choice is a function of (seed, step), so a run killed at any point and started again with
+the same workdir ends with exactly the metrics of a run never interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from crnn_jax import checkpoint as ckpt_lib
+from crnn_jax import config as config_lib
+from crnn_jax import data as data_lib
+from crnn_jax import feed as feed_lib
+from crnn_jax import model as model_lib
+from crnn_jax import report
+from crnn_jax import steps as steps_lib
+from crnn_jax.config import Config, ConfigError
+from crnn_jax.data import DataError
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# Fields a resumed run may change: they decide how long and how often, not what is learned.
+RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "checkpoint_every", "eval_every", "workdir", "cache_dir",
+                     "steps_per_call", "data_placement", "device_data_gb"}
+
+
+def load_data(cfg: Config) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
+    """The config's data set and its split by song -> (Dataset, {"train", "valid", "test"} index arrays)."""
+    if cfg.data == "synthetic":
+        ds = data_lib.synthetic(clips_per_class=cfg.synth_clips_per_class, seconds=cfg.synth_seconds,
+                                sample_rate=cfg.sample_rate, seed=cfg.seed, cache=cfg.cache_dir)
+        if cfg.split != "random":
+            raise ConfigError(f"--split {cfg.split!r} needs real data; the synthetic set supports 'random' only")
+        split = data_lib.random_split(ds.labels, test_fraction=cfg.test_fraction,
+                                      valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+        return ds, split
+    from crnn_jax import loaders  # real audio: decoding, caching and split lists live there
+
+    return loaders.load(cfg)
+
+
+def check_workdir_config(workdir: str, cfg: Config) -> None:
+    """Refuse to resume a workdir whose saved config differs in anything that changes what is learned."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is unreadable ({e}); choose another --workdir") from None
+    new = dataclasses.asdict(cfg)
+    diff = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES
+            and json.dumps(old.get(k)) != json.dumps(new.get(k))]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"workdir {workdir} holds a run with a different config ({k}: {old.get(k)!r} -> "
+                          f"{new.get(k)!r}{' and more' if len(diff) > 1 else ''}); choose another --workdir")
+
+
+class Evaluator:
+    """Every window of the given songs through the pmapped eval step -> report.evaluate_scores dict."""
+
+    def __init__(self, cfg: Config, ds: data_lib.Dataset, p_eval, n_devices: int):
+        self.cfg, self.ds, self.p_eval, self.n_devices = cfg, ds, p_eval, n_devices
+        self.batch = n_devices * max(1, -(-max(cfg.batch_size, 64) // n_devices))  # windows per call
+
+    def __call__(self, state, songs: np.ndarray) -> dict:
+        cfg, ds = self.cfg, self.ds
+        w_song, w_off = data_lib.eval_windows(ds.lengths, songs, crop=cfg.crop_samples, hop=cfg.eval_hop_samples)
+        out = []
+        for i in range(0, len(w_song), self.batch):
+            s, o = w_song[i:i + self.batch], w_off[i:i + self.batch]
+            n = len(s)
+            pad = self.batch - n  # keep one shape: pad with copies of the last window, drop their outputs
+            s, o = np.concatenate([s, np.repeat(s[-1:], pad)]), np.concatenate([o, np.repeat(o[-1:], pad)])
+            crops = data_lib.gather_crops(ds.audio, s, o, cfg.crop_samples)
+            batch = {"crops": steps_lib.shard(crops, self.n_devices),
+                     "gains": steps_lib.shard(np.ones(len(s), np.float32), self.n_devices)}
+            logp = np.asarray(self.p_eval(state, batch))  # [devices, per_device, classes]
+            out.append(logp.reshape(-1, logp.shape[-1])[:n])  # [windows, classes]
+        return report.evaluate_scores(np.concatenate(out), w_song, songs, ds.labels, ds.class_names)
+
+
+def train(cfg: Config, *, log=print) -> dict:
+    """Run (or resume) the training the config describes; returns the results dict also saved as JSON."""
+    workdir = cfg.resolved_workdir()
+    n_dev = jax.local_device_count()
+    if cfg.batch_size % n_dev:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {n_dev} devices; "
+                          f"use a multiple of {n_dev}")
+    check_workdir_config(workdir, cfg)
+    log(f"config:\n{cfg.to_json()}")
+    ds, split = load_data(cfg)
+    ds = ds.min_length(cfg.crop_samples)
+    train_songs = split["train"]
+    spe = data_lib.steps_per_epoch(len(train_songs), cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * spe
+    log(f"data: {cfg.data}: {len(ds)} songs, {len(ds.class_names)} classes; split {cfg.split}: "
+        + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f"; {spe} steps/epoch, {total} steps, "
+        f"{n_dev} {jax.default_backend()} device(s)")
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    with open(os.path.join(workdir, "classes.json"), "w") as f:  # what predict.py needs to name its outputs
+        json.dump({"class_names": list(ds.class_names)}, f)
+    with open(os.path.join(workdir, "split.json"), "w") as f:
+        json.dump({k: [ds.names[i] for i in v] for k, v in split.items()}, f, indent=1)
+
+    net = model_lib.build_model(cfg, len(ds.class_names), axis_name=steps_lib.AXIS)
+    tx = steps_lib.make_optimizer(cfg, total)
+    state = steps_lib.create_state(net, tx, cfg.crop_samples, cfg.seed)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log(f"model: {cfg.model} ({cfg.head} head), {n_params:,} parameters, time pools "
+        f"{model_lib.time_pools_of(cfg)}, crop {cfg.crop_seconds} s")
+
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    start = 0
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+        start = int(state.step)
+        report.truncate_metrics(metrics_path, start)
+        log(f"resumed from checkpoint at step {start}")
+    elif os.path.exists(metrics_path):
+        report.truncate_metrics(metrics_path, 0)  # a run that died before its first checkpoint
+
+    state = steps_lib.place_state(state)
+    p_train = steps_lib.parallel(
+        steps_lib.make_multi_step(steps_lib.make_train_step(net, tx, head=cfg.head, seed=cfg.seed), cfg.crop_samples),
+        n_broadcast=2, state_out=True)
+    evaluate = Evaluator(cfg, ds, steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head), state_out=False),
+                         n_dev)
+    eval_every = cfg.eval_every or spe
+    # Checkpoints fall on log boundaries, so a resumed run logs exactly the lines an unbroken one does.
+    ckpt_every = -(-cfg.checkpoint_every // cfg.log_every) * cfg.log_every
+    feed = feed_lib.make_feed(ds, cfg, train_songs, n_dev, log=log)
+
+    pending: list = []  # (first step, device metrics [devices, k]) not yet checked and written
+
+    def flush() -> None:
+        if not pending:
+            return
+        got = jax.device_get([m for _, m in pending])  # leaves [devices, k]: equal over devices after the pmean
+        losses = np.concatenate([m["loss"][0] for m in got])
+        first = pending[0][0]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise Diverged(f"non-finite loss at step {first + bad[0] + 1}; the last good checkpoint "
+                           f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}")
+        last = first + len(losses)
+        row = {"step": last, "epoch": last / spe, "train_loss": float(losses.mean()),
+               "train_accuracy": float(np.concatenate([m["accuracy"][0] for m in got]).mean())}
+        report.append_metrics(metrics_path, row)
+        pending.clear()
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_accuracy']:.2f}")
+        if not bar.interactive:
+            log(f"step {row['step']}/{total}  loss {row['train_loss']:.4f}  accuracy {row['train_accuracy']:.3f}")
+
+    bar = _progress(total, start)
+    t0 = time.time()
+    chunks = feed_lib.plan(start, total, cfg.steps_per_call, [cfg.log_every, eval_every, ckpt_every])
+    for step, k, batch in feed.calls(chunks):
+        state, m = p_train(state, feed.audio, batch)
+        done = step + k
+        pending.append((step, m))
+        bar.update(k)
+        if done % cfg.log_every == 0 or done == total:
+            flush()
+        if done % eval_every == 0 and len(split["valid"]) and done != total:
+            flush()
+            ev = evaluate(state, split["valid"])
+            report.append_metrics(metrics_path, {"step": done, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
+                                                 "eval_window_accuracy": ev["window_accuracy"]})
+        if done % ckpt_every == 0 or done == total:
+            flush()
+            ckpt.save(done, state)
+    bar.close()
+    train_seconds = time.time() - t0
+    ckpt.close()
+
+    results = {"steps": total, "train_seconds": train_seconds, "resumed_from": start or None}
+    for name in ("valid", "test"):
+        if len(split[name]):
+            ev = evaluate(state, split[name])
+            if name == "valid":
+                report.append_metrics(metrics_path, {"step": total, "eval_loss": ev["loss"],
+                                                     "eval_accuracy": ev["accuracy"],
+                                                     "eval_window_accuracy": ev["window_accuracy"]})
+            results[name] = ev
+    test = results["test"]
+    results.update(test_accuracy=test["accuracy"], test_window_accuracy=test["window_accuracy"],
+                   n_test=test["n_songs"], class_names=list(ds.class_names),
+                   test_songs=[ds.names[i] for i in split["test"]])
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    report.plot_confusion(np.array(test["confusion"]), ds.class_names, os.path.join(workdir, "confusion.png"),
+                          f"{cfg.model.upper()} test songs: accuracy {test['accuracy']:.3f} (n={test['n_songs']})")
+    report.plot_curves(report.read_metrics(metrics_path), os.path.join(workdir, "curves.png"))
+    log(f"test accuracy {test['accuracy']:.4f} by song ({test['n_songs']} songs), {test['window_accuracy']:.4f} "
+        f"by window; {train_seconds:.1f} s of training; results in {workdir}")
+    return results
+
+
+def _progress(total: int, start: int):
+    """A tqdm bar on a terminal; a silent stand-in (plain log lines instead) otherwise."""
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=total, initial=start, disable=not interactive, unit="step", dynamic_ncols=True)
+    bar.interactive = interactive
+    return bar
+
+
+# --- command line ------------------------------------------------------------------------------------------
+FLAGS = {  # flag -> (Config field, type)
+    "--data": ("data", str), "--model": ("model", str), "--head": ("head", str), "--epochs": ("epochs", int),
+    "--max-steps": ("max_steps", int), "--batch-size": ("batch_size", int), "--crop-seconds": ("crop_seconds", float),
+    "--learning-rate": ("learning_rate", float), "--dropout": ("dropout", float), "--seed": ("seed", int),
+    "--workdir": ("workdir", str), "--log-every": ("log_every", int), "--checkpoint-every": ("checkpoint_every", int),
+    "--eval-every": ("eval_every", int), "--split": ("split", str), "--fold": ("fold", int),
+    "--precision": ("precision", str), "--steps-per-call": ("steps_per_call", int), "--cache-dir": ("cache_dir", str),
+    "--data-placement": ("data_placement", str),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line naming the problem, not the usage block
+        raise ConfigError(message)
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Flags -> Config: the preset (--config, else the default for this machine's backend), then each flag
+    given on the command line replaces its field."""
+    p = _Parser(prog="python -m crnn_jax.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="preset file, e.g. experiments/seed_report.py")
+    for flag, (field, typ) in FLAGS.items():
+        p.add_argument(flag, type=typ, default=None, dest=field)
+    args = p.parse_args(argv)
+    base = config_lib.load_preset(args.config) if args.config else config_lib.default_config(jax.default_backend())
+    overrides = {f: getattr(args, f) for f, _ in FLAGS.values() if getattr(args, f) is not None}
+    return base.replace(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+        train(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"crnn_jax.train: error: {e}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        print(f"crnn_jax.train: stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("crnn_jax.train: interrupted; rerun with the same --workdir to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

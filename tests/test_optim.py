@@ -1,0 +1,266 @@
+"""Tests for crnn_jax.optim: Algorithm 8.6 against a line-for-line numpy transcription of the book."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.core import FrozenDict
+
+from crnn_jax.optim import (BookNesterovState, ScaleByBookRmsState, book_params, interim_params,
+                            rmsprop_nesterov)
+
+SHAPES = {"w": (3, 4), "b": (4,), "s": ()}
+_RNG = np.random.default_rng(0)
+CURV = {k: _RNG.uniform(0.5, 3.0, s) for k, s in SHAPES.items()}   # per-element curvature h
+FREQ = {k: _RNG.uniform(1.0, 4.0, s) for k, s in SHAPES.items()}   # per-element sine frequency
+THETA0 = {k: _RNG.normal(0.0, 1.5, s) for k, s in SHAPES.items()}
+COUPLE = 0.3
+
+
+def loss_jnp(p):
+    """Nonconvex, couples leaves: Σ ½ h x² + sin(ω x) + ½ c (Σw − Σb)²."""
+    total = sum(jnp.sum(0.5 * CURV[k] * p[k] ** 2 + jnp.sin(FREQ[k] * p[k])) for k in SHAPES)
+    return total + 0.5 * COUPLE * (jnp.sum(p["w"]) - jnp.sum(p["b"])) ** 2
+
+
+def grad_np(p):
+    """Analytic gradient of loss_jnp in float64 numpy (independent of jax.grad)."""
+    g = {k: CURV[k] * p[k] + FREQ[k] * np.cos(FREQ[k] * p[k]) for k in SHAPES}
+    d = COUPLE * (np.sum(p["w"]) - np.sum(p["b"]))
+    g["w"] = g["w"] + d
+    g["b"] = g["b"] - d
+    return g
+
+
+def book_algorithm_8_6(theta, grad, lr, rho, alpha, delta, steps):
+    """Algorithm 8.6 transcribed line for line in float64; returns θ after each step.
+
+    lr: ε, a float or a function of the 0-based step. delta: δ inside the square root (0 = the book exactly).
+    """
+    theta = {k: np.array(x, np.float64) for k, x in theta.items()}   # Require: initial parameter θ
+    v = {k: np.zeros_like(x) for k, x in theta.items()}              # Require: initial velocity v
+    r = {k: np.zeros_like(x) for k, x in theta.items()}              # Initialize accumulation variable r = 0
+    out = []
+    for t in range(steps):                                           # while stopping criterion not met
+        eps_t = lr(t) if callable(lr) else lr
+        theta_tilde = {k: theta[k] + alpha * v[k] for k in theta}    # θ̃ ← θ + αv
+        g = grad(theta_tilde)                                        # g ← ∇_θ̃ L
+        r = {k: rho * r[k] + (1 - rho) * g[k] * g[k] for k in r}     # r ← ρr + (1 − ρ) g ⊙ g
+        v = {k: alpha * v[k] - (eps_t / np.sqrt(delta + r[k])) * g[k] for k in v}  # v ← αv − ε/√r ⊙ g
+        theta = {k: theta[k] + v[k] for k in theta}                  # θ ← θ + v
+        out.append(theta)
+    return out
+
+
+def make_step(tx, loss, counter=None):
+    """The training step as train.py writes it: gradient at the interim point, then the book update."""
+    def step(params, opt_state):
+        if counter is not None:
+            counter.append(1)   # runs only while tracing
+        grads = jax.grad(loss)(interim_params(params, opt_state))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+    return jax.jit(step)
+
+
+def run_jax(tx, params, steps, loss=loss_jnp):
+    step = make_step(tx, loss)
+    state = tx.init(params)
+    out = []
+    for _ in range(steps):
+        params, state = step(params, state)
+        out.append(jax.tree.map(np.asarray, params))
+    return out
+
+
+def assert_trajectories_close(got, want, rtol, atol):
+    assert len(got) == len(want)
+    for t, (a, b) in enumerate(zip(got, want)):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=f"step {t}, leaf {k}")
+
+
+HYPER = dict(learning_rate=0.05, decay=0.9, momentum=0.9)
+STEPS = 25
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-2])
+def test_trajectory_matches_book_float64(eps):
+    want = book_algorithm_8_6(THETA0, grad_np, HYPER["learning_rate"], HYPER["decay"], HYPER["momentum"],
+                              eps, STEPS)
+    x64_before = jax.config.jax_enable_x64
+    with jax.enable_x64(True):
+        params = {k: jnp.asarray(x, jnp.float64) for k, x in THETA0.items()}
+        got = run_jax(rmsprop_nesterov(**HYPER, eps=eps), params, STEPS)
+    assert jax.config.jax_enable_x64 == x64_before   # x64 must not leak into other tests
+    assert all(a[k].dtype == np.float64 for a in got for k in SHAPES)
+    assert_trajectories_close(got, want, rtol=1e-12, atol=1e-13)
+    if eps > 0:
+        # δ outside the square root (1/(√r + δ)) would give a clearly different trajectory: placement is tested.
+        outside = book_algorithm_8_6(THETA0, grad_np, HYPER["learning_rate"], HYPER["decay"], HYPER["momentum"],
+                                     0.0, STEPS)
+        assert max(np.max(np.abs(outside[-1][k] - got[-1][k])) for k in SHAPES) > 1e-4
+
+
+def test_gradient_taken_at_interim_point():
+    # Plain RMSprop+momentum (gradient at θ) must NOT match the book: shows the trajectory test can fail.
+    def grad_at_theta_variant(steps):
+        theta = {k: np.array(x) for k, x in THETA0.items()}
+        v = {k: np.zeros_like(x) for k, x in theta.items()}
+        r = {k: np.zeros_like(x) for k, x in theta.items()}
+        for _ in range(steps):
+            g = grad_np(theta)
+            r = {k: 0.9 * r[k] + 0.1 * g[k] ** 2 for k in r}
+            v = {k: 0.9 * v[k] - 0.05 / np.sqrt(r[k]) * g[k] for k in v}
+            theta = {k: theta[k] + v[k] for k in theta}
+        return theta
+    with jax.enable_x64(True):
+        params = {k: jnp.asarray(x, jnp.float64) for k, x in THETA0.items()}
+        got = run_jax(rmsprop_nesterov(**HYPER, eps=0.0), params, STEPS)[-1]
+    wrong = grad_at_theta_variant(STEPS)
+    assert max(np.max(np.abs(wrong[k] - got[k])) for k in SHAPES) > 1e-3
+
+
+def test_trajectory_float32_close_to_book():
+    want = book_algorithm_8_6(THETA0, grad_np, HYPER["learning_rate"], HYPER["decay"], HYPER["momentum"],
+                              1e-8, STEPS)
+    params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
+    got = run_jax(rmsprop_nesterov(**HYPER), params, STEPS)
+    assert all(a[k].dtype == np.float32 for a in got for k in SHAPES)
+    assert_trajectories_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_schedule_is_honoured_from_step_zero():
+    schedule = optax.linear_schedule(init_value=0.08, end_value=0.01, transition_steps=15)
+    def lr_np(t):   # the same schedule written out: linear from 0.08 to 0.01 over 15 steps, then constant
+        return 0.08 + (0.01 - 0.08) * min(t, 15) / 15
+    want = book_algorithm_8_6(THETA0, grad_np, lr_np, 0.9, 0.9, 1e-6, STEPS)
+    # float32: optax schedules evaluate in float32 for the int32 step count even under x64.
+    params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
+    got = run_jax(rmsprop_nesterov(schedule, decay=0.9, momentum=0.9, eps=1e-6), params, STEPS)
+    assert_trajectories_close(got, want, rtol=1e-5, atol=1e-5)
+    # An off-by-one in the step count (schedule evaluated at t+1) would be far outside that tolerance.
+    shifted = book_algorithm_8_6(THETA0, grad_np, lambda t: lr_np(t + 1), 0.9, 0.9, 1e-6, STEPS)
+    assert max(np.max(np.abs(shifted[-1][k] - got[-1][k])) for k in SHAPES) > 1e-3
+
+
+@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dtypes_preserved(dtype, x64):
+    with jax.enable_x64(x64):
+        params = {k: jnp.asarray(x, dtype) for k, x in THETA0.items()}
+        schedule = optax.exponential_decay(0.05, transition_steps=5, decay_rate=0.5)
+        for lr in (0.05, schedule):
+            tx = rmsprop_nesterov(lr)
+
+            @jax.jit
+            def step(p, s):
+                grads = jax.grad(loss_jnp)(interim_params(p, s))
+                updates, s = tx.update(grads, s, p)
+                p = optax.apply_updates(p, updates)
+                return p, s, updates, interim_params(p, s)
+
+            p, state = params, tx.init(params)
+            for _ in range(3):
+                p, state, updates, interim = step(p, state)
+            trees = {"updates": updates, "params": p, "r": state[0].r, "v": state[1].v, "interim": interim}
+            for name, tree in trees.items():
+                for leaf in jax.tree.leaves(tree):
+                    assert leaf.dtype == dtype, (name, leaf.dtype)
+                    assert bool(jnp.all(jnp.isfinite(leaf))), name
+    if dtype == jnp.bfloat16:
+        # bfloat16 follows the float32 path to bfloat16 precision (8 mantissa bits), on a loss whose gradients
+        # stay away from 0 (RMSprop's g/√r is sign-like, so a near-zero gradient would amplify rounding).
+        def bowl(q):
+            return sum(jnp.sum(0.5 * (q[k].astype(jnp.float32) - 3.0) ** 2) for k in SHAPES)
+        p32 = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
+        got16 = run_jax(rmsprop_nesterov(0.05), params, 5, loss=bowl)[-1]
+        got32 = run_jax(rmsprop_nesterov(0.05), p32, 5, loss=bowl)[-1]
+        for k in SHAPES:
+            assert got16[k].dtype == jnp.bfloat16
+            np.testing.assert_allclose(np.asarray(got16[k], np.float32), got32[k], rtol=2e-2, atol=2e-2)
+
+
+def test_jitted_step_traces_once():
+    traces = []
+    tx = optax.chain(optax.clip_by_global_norm(10.0),
+                     rmsprop_nesterov(optax.cosine_decay_schedule(0.05, 100)))
+    step = make_step(tx, loss_jnp, counter=traces)
+    params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
+    state = tx.init(params)
+    for _ in range(4):
+        params, state = step(params, state)
+    assert len(traces) == 1
+    assert int(state[1][1].count) == 4
+
+
+def test_converges_on_ill_conditioned_quadratic():
+    n, steps = 20, 800
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    hess = (q * np.logspace(-2, 2, n)) @ q.T          # condition number 1e4, not axis aligned
+    x0 = rng.normal(size=n)
+    def loss(p):
+        return 0.5 * p["x"] @ jnp.asarray(hess, jnp.float32) @ p["x"]
+    params = {"x": jnp.asarray(x0, jnp.float32)}
+    initial = float(loss(params))
+    tx = rmsprop_nesterov(optax.exponential_decay(0.05, transition_steps=200, decay_rate=0.1))
+    ratio = float(loss(run_jax(tx, params, steps, loss=loss)[-1])) / initial
+    # Baseline: plain gradient descent just inside its stability limit 2/λ_max, same number of steps.
+    x = x0.copy()
+    for _ in range(steps):
+        x = x - 0.95 * (2 / 100.0) * (hess @ x)
+    gd_ratio = 0.5 * x @ hess @ x / (0.5 * x0 @ hess @ x0)
+    assert ratio < 1e-5, ratio
+    assert ratio < gd_ratio / 10, (ratio, gd_ratio)
+
+
+def test_frozen_dict_params():
+    params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
+    want = run_jax(rmsprop_nesterov(**HYPER), params, 5)[-1]
+    got = run_jax(rmsprop_nesterov(**HYPER), FrozenDict(params), 5)[-1]
+    for k in SHAPES:
+        np.testing.assert_array_equal(np.asarray(got[k]), want[k])
+
+
+def test_interim_params_finds_velocity_in_chain():
+    params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
+    tx = optax.chain(optax.clip_by_global_norm(1.0), rmsprop_nesterov(0.1, momentum=0.5))
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = tx.update(jax.grad(loss_jnp)(interim_params(params, state)), state, params)
+        params = optax.apply_updates(params, updates)
+    rms_state, vel_state = state[1]
+    assert isinstance(rms_state, ScaleByBookRmsState) and isinstance(vel_state, BookNesterovState)
+    assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(vel_state.v))
+    got = interim_params(params, state)
+    for k in SHAPES:
+        np.testing.assert_allclose(got[k], params[k] + 0.5 * vel_state.v[k], rtol=1e-6)
+    assert book_params(params, state) is params
+
+
+def test_interim_params_rejects_states_without_one_velocity():
+    params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
+    with pytest.raises(ValueError, match="no BookNesterovState"):
+        interim_params(params, optax.adam(1e-3).init(params))
+    with pytest.raises(ValueError, match="no BookNesterovState"):
+        book_params(params, optax.sgd(1e-3, momentum=0.9, nesterov=True).init(params))
+    twice = optax.chain(rmsprop_nesterov(0.1), rmsprop_nesterov(0.1)).init(params)
+    with pytest.raises(ValueError, match="2 BookNesterovState"):
+        interim_params(params, twice)
+    with pytest.raises(ValueError, match="tree structure"):
+        interim_params({"w": params["w"]}, rmsprop_nesterov(0.1).init(params))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(learning_rate=-0.1), "learning_rate"), (dict(learning_rate=math.nan), "learning_rate"),
+    (dict(learning_rate="fast"), "learning_rate"), (dict(learning_rate=0.1, decay=1.0), "decay"),
+    (dict(learning_rate=0.1, momentum=-0.1), "momentum"), (dict(learning_rate=0.1, momentum=1.0), "momentum"),
+    (dict(learning_rate=0.1, eps=-1e-8), "eps"),
+])
+def test_bad_hyperparameters_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        rmsprop_nesterov(**kwargs)
