@@ -1,9 +1,11 @@
 """Speed measurements against peers, one subcommand each.
 
     python -m crnn_jax.bench mel [--batch 16] [--seconds 30] [--repeats 10] [--json FILE]
+    python -m crnn_jax.bench train [--batch-sizes 4,32,256] [--crops 3,30] [--preset choi|cpu] [--json FILE]
 
 `mel`: the jitted log-mel front end (mel.log_mel_spectrogram, default MelConfig) beside librosa doing the
-same work clip by clip in the same run. To add a subcommand, write `bench_<name>(args)` and register it
+same work clip by clip in the same run. `train`: the real training step (steps.parallel(make_train_step))
+beside the PyTorch twin in experiments/torch_reference.py, same shapes, weights and inputs. To add a subcommand, write `bench_<name>(args)` and register it
 in `_SUBCOMMANDS` with a function that adds its options.
 """
 
@@ -11,6 +13,7 @@ import argparse
 import dataclasses
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -21,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crnn_jax import mel
+from crnn_jax import config as config_lib
+from crnn_jax import mel, model, steps
 
 # Peak DRAM/HBM bandwidth in bytes/s, matched as a substring of jax's device_kind.
 _PEAK_BANDWIDTH = {
@@ -219,9 +223,184 @@ def _add_mel_args(parser):
     parser.add_argument("--json", metavar="FILE", help="also write the numbers here")
 
 
+# --------------------------------------------------------------------------------------------------
+# train: the real pmapped training step beside the PyTorch twin (experiments/torch_reference.py)
+
+# Dense peak FLOP/s (no sparsity), matched as a substring of device_kind, first match wins. "fp32" is TF32
+# tensor-core math, JAX's default for float32 convs/matmuls on these GPUs (the torch peer is set to match).
+# A CPU's device_kind is just "cpu": pass --peak-tflops (see experiments/BENCHMARKS.md).
+_PEAK_FLOPS = {
+    "H100 PCIe": {"fp32": 378e12, "bf16": 756e12},
+    "H100": {"fp32": 494.7e12, "bf16": 989.4e12},  # SXM
+    "H200": {"fp32": 494.7e12, "bf16": 989.4e12},
+    "A100": {"fp32": 156e12, "bf16": 312e12},
+}
+_N_CLASSES = 10
+
+
+def _peak_flops(device_kind, precision):
+    return next((peaks[precision] for key, peaks in _PEAK_FLOPS.items() if key in device_kind), None)
+
+
+def _torch_reference():
+    """experiments/torch_reference.py as a module (it sits beside the package in a checkout), or a reason."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None, "torch is not installed (pip install torch): timing jax only"
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                        "torch_reference.py")
+    if not os.path.isfile(path):
+        return None, f"{path} not found (run from a checkout): timing jax only"
+    spec = importlib.util.spec_from_file_location("torch_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, None
+
+
+def _train_inputs(cfg, batch, seed=0):
+    """Host arrays of one global batch: crops int16 [batch, crop], gains float32 [batch], labels int32 [batch]."""
+    rng = np.random.default_rng(seed)
+    crops = np.round(_test_audio(batch, cfg.crop_samples, cfg.sample_rate, seed) * 32767).astype(np.int16)
+    gains = (10.0 ** (rng.uniform(-cfg.gain_db, cfg.gain_db, batch) / 20.0)).astype(np.float32)
+    return crops, gains, rng.integers(0, _N_CLASSES, batch).astype(np.int32)
+
+
+def _jax_runner(cfg, inputs):
+    """steps.parallel(make_train_step) compiled for one batch shape -> (run() -> seconds, info dict).
+    run() takes one training step from the current state (threaded through) and waits for it."""
+    n_dev = jax.device_count()
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"--batch-sizes: {cfg.batch_size} is not divisible by the {n_dev} devices")
+    net = model.build_model(cfg, _N_CLASSES, axis_name=steps.AXIS)
+    tx = steps.make_optimizer(cfg, 1000)
+    state = steps.place_state(steps.create_state(net, tx, cfg.crop_samples, cfg.seed))
+    params0 = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    batch = jax.device_put({k: steps.shard(v, n_dev) for k, v in zip(("crops", "gains", "labels"), inputs)})
+    p_train = steps.parallel(steps.make_train_step(net, tx, head=cfg.head, seed=cfg.seed), state_out=True)
+    start = time.perf_counter()
+    compiled = p_train.lower(state, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one device's program: times n_dev
+    mem = compiled.memory_analysis()
+    info = {"compile_s": time.perf_counter() - start, "variables": params0,
+            "flops": float(cost.get("flops", float("nan"))) * n_dev,
+            "bytes": float(cost.get("bytes accessed", float("nan"))) * n_dev,
+            "xla_bytes": mem and int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)}
+    box = [state]
+
+    def run():
+        t = time.perf_counter()
+        box[0], metrics = compiled(box[0], batch)
+        jax.block_until_ready((box[0], metrics))
+        return time.perf_counter() - t
+
+    return run, info
+
+
+def _train_row(name, times, batch, flops, peak):
+    med = float(np.median(times))
+    return {"impl": name, "median_s": med, "min_s": float(min(times)), "clips_per_s": batch / med,
+            "tflops": flops / med / 1e12, "peak_fraction": None if peak is None else flops / med / peak}
+
+
+def bench_train(args):
+    """Per-step time of the pmapped training step vs the PyTorch twin over a grid of batch sizes and crop
+    lengths; prints one table, optionally writes JSON."""
+    # On a GPU, JAX would otherwise take 75 % of the memory up front and leave torch the rest.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    device = _device()
+    on_gpu = device["backend"] == "gpu"
+    base = config_lib.default_config("cpu") if args.preset == "cpu" else config_lib.Config()
+    base = base.replace(model=args.model, precision=args.precision,
+                        **({"conv_channels": tuple(args.channels)} if args.channels else {}))
+    batch_sizes = args.batch_sizes or ([4, 32, 256] if on_gpu else [4, 32])
+    crops = args.crops or ([3.0, 30.0] if on_gpu else [3.0])
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else _peak_flops(device["device_kind"], args.precision)
+    ref, why_not = _torch_reference()
+    versions = {**_versions(), "flax": importlib.metadata.version("flax"), "torch": ref and ref.torch.__version__}
+    result = {"command": " ".join(["python -m crnn_jax.bench"] + sys.argv[1:]),
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": device,
+              "versions": versions, "peak_flops": peak, "cpu_count": os.cpu_count(),
+              "config": {k: getattr(base, k) for k in ("model", "conv_channels", "gru_units", "precision")},
+              "torch_skipped": why_not, "runs": []}
+    if why_not:
+        print(why_not)
+    for crop in crops:
+        for batch in batch_sizes:
+            cfg = base.replace(crop_seconds=crop, batch_size=batch)
+            inputs = _train_inputs(cfg, batch)
+            jax_run, jinfo = _jax_runner(cfg, inputs)
+            runs = {"jax": jax_run}
+            if ref is not None:
+                runs["torch"] = ref.make_runner(cfg, _N_CLASSES, jinfo["variables"], inputs, gpu=on_gpu)
+                torch_first_s = runs["torch"]()  # torch.compile compiles here on a GPU
+            for run in runs.values():  # warm-up
+                run(), run()
+            times = {name: [] for name in runs}
+            for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
+                for name, run in runs.items():
+                    times[name].append(run())
+            entry = {"crop_s": crop, "batch": batch, "flops_per_step": jinfo["flops"],
+                     "bytes_per_step": jinfo["bytes"], "flops_per_clip": jinfo["flops"] / batch,
+                     "bytes_per_clip": jinfo["bytes"] / batch, "rows": []}
+            jrow = _train_row("jax", times["jax"], batch, jinfo["flops"], peak)
+            jrow.update(compile_s=jinfo["compile_s"], xla_bytes=jinfo.get("xla_bytes"),
+                        peak_bytes=(jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"))
+            entry["rows"].append(jrow)
+            if ref is not None:
+                trow = _train_row("torch (compile)" if on_gpu else "torch (eager)", times["torch"], batch,
+                                  jinfo["flops"], peak)
+                trow.update(compile_s=torch_first_s, peak_bytes=ref.peak_cuda_bytes() if on_gpu else None)
+                entry["rows"].append(trow)
+                entry["jax_speedup"] = trow["median_s"] / jrow["median_s"]
+            result["runs"].append(entry)
+    _print_train(result, args.repeats)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return result
+
+
+def _print_train(result, repeats):
+    d, c = result["device"], result["config"]
+    print(f"training step ({c['model']} {'/'.join(map(str, c['conv_channels']))}, {c['precision']}), "
+          f"{d['backend']} ({d['device_kind']}, {d['n_devices']} device(s)); median of {repeats}, interleaved")
+    print(f"{'crop':>5} {'batch':>5} {'impl':<16} {'median s':>9} {'min s':>8} {'clips/s':>8} {'TFLOP/s':>8} "
+          f"{'of peak':>8} {'memory':>9} {'compile s':>9}")
+    for e in result["runs"]:
+        for r in e["rows"]:
+            frac = "unknown" if r["peak_fraction"] is None else f"{r['peak_fraction']:.1%}"
+            mem = r.get("peak_bytes") or r.get("xla_bytes")
+            mem = "n/a" if mem is None else f"{mem / 2**20:.0f} MiB"
+            print(f"{e['crop_s']:5g} {e['batch']:5d} {r['impl']:<16} {r['median_s']:9.4f} {r['min_s']:8.4f} "
+                  f"{r['clips_per_s']:8.1f} {r['tflops']:8.4f} {frac:>8} {mem:>9} {r['compile_s']:9.2f}")
+        speed = f"; jax is {e['jax_speedup']:.2f}x torch" if "jax_speedup" in e else ""
+        print(f"{'':12}XLA cost per clip: {e['flops_per_clip'] / 1e9:.3f} GFLOP, "
+              f"{e['bytes_per_clip'] / 1e6:.1f} MB{speed}")
+    print("memory: device peak where reported (GPU), else XLA's arguments + outputs + temporaries (jax on CPU)")
+
+
+def _add_train_args(parser):
+    ints = lambda s: [int(v) for v in s.split(",")]
+    floats = lambda s: [float(v) for v in s.split(",")]
+    parser.add_argument("--batch-sizes", type=ints, help="global batch sizes (GPU default 4,32,256; CPU 4,32)")
+    parser.add_argument("--crops", type=floats, help="crop lengths, s (GPU default 3,30; CPU 3)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per implementation after warm-up")
+    parser.add_argument("--preset", choices=("choi", "cpu"), default="choi",
+                        help="choi: Config(), 64/128/128/128; cpu: config.default_config('cpu'), 32/64/64/64")
+    parser.add_argument("--model", choices=("crnn", "cnn"), default="crnn")
+    parser.add_argument("--channels", type=ints, help="conv channels, e.g. 64,128,128,128 (overrides --preset)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, if not in the table")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers here")
+
+
 # name -> (add its options, run it, one-line help)
 _SUBCOMMANDS = {
     "mel": (_add_mel_args, bench_mel, "log-mel front end vs librosa"),
+    "train": (_add_train_args, bench_train, "training step vs the PyTorch twin"),
 }
 
 

@@ -80,28 +80,38 @@ def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def save_npy_atomic(path: str, array: np.ndarray) -> None:
+    """Write an .npy so that a reader sees the old file or the complete new one, never a partial one."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npy"  # ends in .npy, so np.save keeps the name
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
 def synthetic(*, clips_per_class: int, seconds: float, sample_rate: int, seed: int, cache: str = "") -> Dataset:
-    """The built-in ten-class synthetic set (see synth.py), cached as .npz after the first build.
+    """The built-in ten-class synthetic set (see synth.py), cached as .npy files after the first build.
 
     Clips are a pure function of (seed, label, index), so the cache is only a speed-up: a file that does
-    not load or does not match is rebuilt, never trusted.
+    not load or does not match is rebuilt, never trusted. A cached set's audio is memory-mapped (read
+    only): a process that streams crops reads only the pages of the songs it slices.
     """
     # Keyed on the generator's own source too: editing synth.py can never serve a stale cache.
     source = hashlib.sha256(inspect.getsource(synth).encode()).hexdigest()
     key = hashlib.sha256(repr((source, clips_per_class, seconds, sample_rate, seed)).encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir(cache), f"synthetic-{key}.npz")
+    path = os.path.join(cache_dir(cache), f"synthetic-{key}")
     n_samples = int(round(seconds * sample_rate))
     n = clips_per_class * len(synth.CLASS_NAMES)
     try:
-        with np.load(path) as z:
-            audio, labels = z["audio"], z["labels"]
+        labels = np.load(f"{path}.labels.npy")
+        audio = np.load(f"{path}.audio.npy", mmap_mode="r")  # [n, n_samples] int16, paged in on use
         if audio.shape != (n, n_samples) or audio.dtype != np.int16 or labels.shape != (n,):
             raise ValueError("shape mismatch")
     except Exception:  # missing, truncated or stale: rebuild
         x, labels = synth.generate(clips_per_class, seconds=seconds, sample_rate=sample_rate, seed=seed)
         audio = to_int16(x)
-        try:
-            save_npz_atomic(path, audio=audio, labels=labels)
+        try:  # labels first: the audio file's presence marks a complete pair (each is written atomically)
+            save_npy_atomic(f"{path}.labels.npy", labels)
+            save_npy_atomic(f"{path}.audio.npy", audio)
         except OSError:  # a read-only home is no reason to fail: run uncached
             pass
     names = tuple(f"synthetic/{synth.CLASS_NAMES[l]}/{i:05d}" for i, l in enumerate(labels))

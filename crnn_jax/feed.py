@@ -6,6 +6,8 @@ same metrics (a test checks); they differ only in what crosses to the device per
   only indices (song, offset, gain, label: 16 bytes an example) and the step slices crops on the device.
 - StreamFeed: the host slices crops (2 bytes a sample) and prepares the next call's batch in a
   background thread while the device runs the current one (double buffering).
+With several processes, each feed builds only its own devices' rows of every global batch (and the
+streamed one slices only those crops), so the global batch is the one a single process would build.
 """
 
 from __future__ import annotations
@@ -36,20 +38,29 @@ def plan(start: int, total: int, steps_per_call: int, boundaries: list[int]) -> 
 
 
 class _Feed:
-    def __init__(self, ds: data_lib.Dataset, cfg, train_songs: np.ndarray, n_devices: int):
+    """n_devices: devices of the whole run (all processes); local: (first, count), this process's block
+    of them (default: all), whose rows of each global batch are the only ones this feed builds."""
+
+    def __init__(self, ds: data_lib.Dataset, cfg, train_songs: np.ndarray, n_devices: int,
+                 local: tuple[int, int] | None = None):
         self.ds, self.cfg, self.train_songs, self.n_devices = ds, cfg, train_songs, n_devices
+        first, self.n_local = local or (0, n_devices)
+        per_device = cfg.batch_size // n_devices
+        self.rows = slice(first * per_device, (first + self.n_local) * per_device)  # of the global batch
 
     def _indices(self, step: int, k: int) -> list[data_lib.Batch]:
+        """This process's rows of the global batches of steps step .. step + k - 1."""
         c = self.cfg
-        return [data_lib.sample_batch(c.seed, s, train_songs=self.train_songs, lengths=self.ds.lengths,
-                                      batch_size=c.batch_size, crop=c.crop_samples, gain_db=c.gain_db)
+        return [data_lib.Batch(*(x[self.rows] for x in data_lib.sample_batch(
+                    c.seed, s, train_songs=self.train_songs, lengths=self.ds.lengths, batch_size=c.batch_size,
+                    crop=c.crop_samples, gain_db=c.gain_db)))
                 for s in range(step, step + k)]
 
     def _device_major(self, x: np.ndarray) -> np.ndarray:
-        """[k, global_batch, ...] -> [n_devices, k, per_device, ...] (pmap splits the leading axis)."""
+        """[k, local_rows, ...] -> [n_local, k, per_device, ...] (pmap splits the leading axis)."""
         k, b = x.shape[:2]
-        x = x.reshape(k, self.n_devices, b // self.n_devices, *x.shape[2:])  # [k, devices, per_device, ...]
-        return np.swapaxes(x, 0, 1)  # [devices, k, per_device, ...]
+        x = x.reshape(k, self.n_local, b // self.n_local, *x.shape[2:])  # [k, local devices, per_device, ...]
+        return np.swapaxes(x, 0, 1)  # [local devices, k, per_device, ...]
 
     def _common(self, bs: list[data_lib.Batch]) -> dict:
         return {"gains": self._device_major(np.stack([b.gains for b in bs])),
@@ -62,8 +73,8 @@ class _Feed:
 class ResidentFeed(_Feed):
     """The data set on every device; batches are indices (see module docstring)."""
 
-    def __init__(self, *a):
-        super().__init__(*a)
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
         self.audio = steps_lib.place_state(jnp.asarray(self.ds.audio))  # [n_songs, samples] int16, each device
 
     def calls(self, chunks):
@@ -78,15 +89,15 @@ class ResidentFeed(_Feed):
 class StreamFeed(_Feed):
     """Crops sliced on the host, one call ahead of the device in a background thread."""
 
-    def __init__(self, *a):
-        super().__init__(*a)
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
         self.audio = steps_lib.place_state(jnp.zeros((1, 1), jnp.int16))  # unused by the step; keeps one signature
 
     def _make(self, step: int, k: int) -> dict:
         bs = self._indices(step, k)
         batch = self._common(bs)
         crops = np.stack([data_lib.gather_crops(self.ds.audio, b.songs, b.offsets, self.cfg.crop_samples)
-                          for b in bs])  # [k, global_batch, crop] int16
+                          for b in bs])  # [k, local_rows, crop] int16: only this process's crops
         batch["crops"] = self._device_major(crops)
         return batch
 
@@ -100,11 +111,12 @@ class StreamFeed(_Feed):
                 yield step, k, batch
 
 
-def make_feed(ds: data_lib.Dataset, cfg, train_songs: np.ndarray, n_devices: int, *, log=print) -> _Feed:
+def make_feed(ds: data_lib.Dataset, cfg, train_songs: np.ndarray, n_devices: int, *,
+              local: tuple[int, int] | None = None, log=print) -> _Feed:
     """The feed cfg.data_placement asks for; "auto" keeps the data on the devices when it fits
-    cfg.device_data_gb (per device), else streams."""
+    cfg.device_data_gb (per device), else streams. n_devices, local: as for _Feed."""
     gb = ds.audio.nbytes / 2**30
     resident = cfg.data_placement == "device" or (cfg.data_placement == "auto" and gb <= cfg.device_data_gb)
     log(f"data placement: {'on every device' if resident else 'streamed from host memory'} "
         f"({gb:.2f} GiB of int16 audio; budget {cfg.device_data_gb} GiB per device)")
-    return (ResidentFeed if resident else StreamFeed)(ds, cfg, train_songs, n_devices)
+    return (ResidentFeed if resident else StreamFeed)(ds, cfg, train_songs, n_devices, local)

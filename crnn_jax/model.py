@@ -45,6 +45,95 @@ def auto_time_pools(n_frames: int, min_steps: int = 8, base: Sequence[int] = CHO
     return tuple(pools)
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 SAME convolution: x [batch, t, f, c_in], kernel [kh, kw, c_in, c_out] -> [batch, t, f, c_out]."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC)
+
+
+def _patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    """The SAME-padded kh x kw neighbourhood of every pixel: [batch, t, f, c] -> [batch, t, f, kh * kw * c],
+    ordered (dt, df, c) like the rows of an HWIO kernel reshaped to [kh * kw * c_in, c_out]."""
+    _, t, f, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))  # [batch, t + kh - 1, f + kw - 1, c]
+    return jnp.concatenate([xp[:, i:i + t, j:j + f] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+@jax.custom_vjp
+def _conv_same_cpu(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """_conv_same with a faster kernel gradient on XLA's CPU backend (same values up to summation order).
+
+    XLA computes a convolution's kernel gradient as a convolution whose window is the whole feature map
+    (65 x 48 for the second block of a 3 s crop), which its CPU backend runs on one thread at a few
+    GFLOP/s: measured as the largest single cost of a training step. Here it is one matrix product of the
+    im2col patches [pixels, kh * kw * c_in] with the output gradient [pixels, c_out] instead.
+    """
+    return _conv_same(x, kernel)
+
+
+def _conv_same_cpu_fwd(x, kernel):
+    return _conv_same(x, kernel), (x, kernel)
+
+
+def _conv_same_cpu_bwd(residuals, g):
+    x, kernel = residuals
+    kh, kw, c_in, c_out = kernel.shape
+    _, input_grad = jax.vjp(lambda x: _conv_same(x, kernel), x)  # XLA's own input gradient: fast already
+    (dx,) = input_grad(g)
+    patches = _patches(x, kh, kw).reshape(-1, kh * kw * c_in)  # [pixels, kh * kw * c_in]
+    dk = jnp.matmul(patches.T, g.reshape(-1, c_out), preferred_element_type=jnp.float32)  # [kh * kw * c_in, c_out]
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)  # [kh, kw, c_in, c_out]
+
+
+_conv_same_cpu.defvjp(_conv_same_cpu_fwd, _conv_same_cpu_bwd)
+
+
+def _conv_for_flax(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
+                   feature_group_count=1, **unused):
+    """ConvBlock's convolution on XLA's CPU backend, with lax.conv_general_dilated's signature for
+    nn.Conv(conv_general_dilated=...): lhs [batch, t, f, c_in], rhs [kh, kw, c_in, c_out] -> [batch, t, f, c_out].
+
+    Chosen by shape from timings of whole training steps on a 2-core Zen 4 (32 MB L3):
+    - one input channel (the first block): im2col and a matmul with K = 9; XLA's convolution runs such a
+      layer at a few GFLOP/s;
+    - layer input plus output gradient of >= 16 MB (the second block at batch 32): _conv_same_cpu, whose
+      kernel gradient is a matmul; XLA's own slows down several-fold once they leave the cache;
+    - otherwise XLA's convolution (fastest for small maps and small batches).
+    """
+    if tuple(window_strides) != (1, 1) or padding != "SAME" or feature_group_count != 1 or any(
+            d not in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation)):
+        raise ValueError("ConvBlock's CPU convolution supports stride 1, SAME padding, no dilation, no groups only")
+    kh, kw, c_in, c_out = rhs.shape
+    if c_in == 1:
+        return jnp.matmul(_patches(lhs, kh, kw), rhs.reshape(kh * kw * c_in, c_out))  # [batch, t, f, c_out]
+    if math.prod(lhs.shape[:3]) * (c_in + c_out) * lhs.dtype.itemsize >= 16 * 2**20:
+        return _conv_same_cpu(lhs, rhs)
+    return _conv_same(lhs, rhs)
+
+
+def _elu(x: jax.Array) -> jax.Array:
+    """ELU with alpha 1, bit for bit nn.elu: expm1(min(x, 0)) + max(x, 0). Written without a select so that
+    XLA's CPU backend fuses the forward and backward into neighbours instead of materialising a broadcast
+    constant the size of the activations."""
+    return jnp.expm1(jnp.minimum(x, 0.0)) + jnp.maximum(x, 0.0)
+
+
+def _max_pool(x: jax.Array, pool: tuple[int, int]) -> jax.Array:
+    """Max over non-overlapping (time, freq) windows: [batch, t, f, c] -> [batch, t // tp, f // fp, c].
+
+    The same values as nn.max_pool(x, pool, strides=pool) (VALID: ragged edges dropped), as a reshape and
+    a max. The gradient of a reduce_window max makes XLA track the argmax with four int32 index arrays the
+    size of the input (about half of a CPU training step, measured); this one is elementwise (ties share it).
+    """
+    b, t, f, c = x.shape
+    tp, fp = pool
+    x = x[:, : t - t % tp, : f - f % fp]  # drop the ragged edges, as VALID pooling does
+    x = x.reshape(b, t // tp, tp, f // fp, fp, c)  # [batch, t', tp, f', fp, channels]: windows made axes
+    return x.max(axis=(2, 4))
+
+
 class ConvBlock(nn.Module):
     """Conv 3x3 -> BatchNorm -> ELU -> MaxPool -> Dropout on [batch, time, freq, channels]."""
 
@@ -56,11 +145,13 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)(x)
+        # On CPU the kernel gradient goes through _conv_same_cpu; accelerators keep XLA's own convolution.
+        conv = _conv_for_flax if jax.default_backend() == "cpu" else None
+        x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=conv)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.99, axis_name=self.axis_name if train else None,
                          dtype=self.dtype)(x)
-        x = nn.elu(x)
-        x = nn.max_pool(x, self.pool, strides=self.pool)
+        x = _elu(x)
+        x = _max_pool(x, self.pool)
         return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 

@@ -120,23 +120,30 @@ def make_multi_step(train_step: Callable, crop: int) -> Callable:
     return multi_step
 
 
-def make_eval_step(net: nn.Module, *, head: str) -> Callable[[TrainState, dict], jax.Array]:
+def make_eval_step(net: nn.Module, *, head: str, gather: bool = False) -> Callable[[TrainState, dict], jax.Array]:
     """eval_step(state, batch) -> log-probabilities [b, n_classes] of this device's windows (theta, running
-    BatchNorm averages, no dropout). batch: "crops" int16 [b, crop], "gains" float32 [b]."""
+    BatchNorm averages, no dropout). batch: "crops" int16 [b, crop], "gains" float32 [b].
+
+    gather (under `parallel` only): every device returns every device's windows, [n_devices, b, n_classes],
+    so each process reads the whole global batch's results from one of its own devices.
+    """
 
     def eval_step(state: TrainState, batch: dict) -> jax.Array:
         logits = net.apply({"params": state.params, "batch_stats": state.batch_stats},
                            to_audio(batch["crops"], batch["gains"]), train=False)
-        return model_lib.log_probs(logits, head)
+        logp = model_lib.log_probs(logits, head)
+        return jax.lax.all_gather(logp, AXIS) if gather else logp
 
     return eval_step
 
 
 def parallel(fn: Callable, *, n_broadcast: int = 1, state_out: bool) -> Callable:
-    """The project's one `jax.pmap`: fn(*broadcast, batch) over all devices.
+    """The project's one `jax.pmap`: fn(*broadcast, batch) over all devices of all processes.
 
     The first `n_broadcast` arguments (the state; the device-resident audio) are broadcast, not replicated
-    (in_axes=None), the last argument's leaves are split on their leading [n_devices] axis.
+    (in_axes=None), the last argument's leaves are split on their leading [n_devices] axis. With several
+    processes each passes only its own devices' part, [n_local_devices, ...], and gets back only its own
+    devices' outputs (the state: on its local devices).
     state_out: fn returns (state, per-device outputs) and the state comes back unreplicated too.
     """
     return jax.pmap(fn, axis_name=AXIS, in_axes=(None,) * n_broadcast + (0,),
@@ -144,9 +151,10 @@ def parallel(fn: Callable, *, n_broadcast: int = 1, state_out: bool) -> Callable
 
 
 def place_state(state: Any) -> Any:
-    """Put the state where `parallel` returns it (every device, sharding P() on the pmap mesh), so the
-    first call and every later call see the same input sharding and the step is traced exactly once."""
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), (AXIS,))
+    """Put the state where `parallel` returns it (every local device, sharding P() on a mesh of this
+    process's devices), so the first call and every later call see the same input sharding and the step
+    is traced exactly once. (With one process, local devices are all devices.)"""
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
     return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 

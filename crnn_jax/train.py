@@ -3,6 +3,8 @@
     python -m crnn_jax.train                                  # built-in synthetic music, a few minutes on CPU
     python -m crnn_jax.train --config experiments/gtzan.py --data /path/to/genres
     python -m crnn_jax.train --workdir runs/x                 # again: resumes from the newest checkpoint
+    python -m crnn_jax.train --coordinator HOST:PORT --num-processes 2 --process-id 0   # and 1 on host 2:
+                                                              # one run over several hosts (docs/distributed.md)
 
 The workdir gets config.json, metrics.jsonl, checkpoints/ (orbax), results.json, confusion.png, curves.png.
 Every random choice is a function of (seed, step), so a run killed at any point and started again with
@@ -24,6 +26,7 @@ import numpy as np
 from crnn_jax import checkpoint as ckpt_lib
 from crnn_jax import config as config_lib
 from crnn_jax import data as data_lib
+from crnn_jax import distributed as dist
 from crnn_jax import feed as feed_lib
 from crnn_jax import model as model_lib
 from crnn_jax import report
@@ -76,11 +79,20 @@ def check_workdir_config(workdir: str, cfg: Config) -> None:
 
 
 class Evaluator:
-    """Every window of the given songs through the pmapped eval step -> report.evaluate_scores dict."""
+    """Every window of the given songs through the pmapped eval step -> report.evaluate_scores dict.
 
-    def __init__(self, cfg: Config, ds: data_lib.Dataset, p_eval, n_devices: int):
+    p_eval: `parallel` of make_eval_step(gather=True). n_devices: of the whole run; local: (first, count),
+    this process's devices (default all): it slices only their windows' crops, and the gathered outputs
+    give every process every window's scores.
+    """
+
+    def __init__(self, cfg: Config, ds: data_lib.Dataset, p_eval, n_devices: int,
+                 local: tuple[int, int] | None = None):
         self.cfg, self.ds, self.p_eval, self.n_devices = cfg, ds, p_eval, n_devices
-        self.batch = n_devices * max(1, -(-max(cfg.batch_size, 64) // n_devices))  # windows per call
+        per_device = max(1, -(-max(cfg.batch_size, 64) // n_devices))
+        self.batch = n_devices * per_device  # windows per call, over all devices
+        first, self.n_local = local or (0, n_devices)
+        self.rows = slice(first * per_device, (first + self.n_local) * per_device)  # this process's windows
 
     def __call__(self, state, songs: np.ndarray) -> dict:
         cfg, ds = self.cfg, self.ds
@@ -91,39 +103,54 @@ class Evaluator:
             n = len(s)
             pad = self.batch - n  # keep one shape: pad with copies of the last window, drop their outputs
             s, o = np.concatenate([s, np.repeat(s[-1:], pad)]), np.concatenate([o, np.repeat(o[-1:], pad)])
+            s, o = s[self.rows], o[self.rows]
             crops = data_lib.gather_crops(ds.audio, s, o, cfg.crop_samples)
-            batch = {"crops": steps_lib.shard(crops, self.n_devices),
-                     "gains": steps_lib.shard(np.ones(len(s), np.float32), self.n_devices)}
-            logp = np.asarray(self.p_eval(state, batch))  # [devices, per_device, classes]
+            batch = {"crops": steps_lib.shard(crops, self.n_local),
+                     "gains": steps_lib.shard(np.ones(len(s), np.float32), self.n_local)}
+            logp = np.asarray(self.p_eval(state, batch))[0]  # first local device's copy: [devices, per_device, classes]
             out.append(logp.reshape(-1, logp.shape[-1])[:n])  # [windows, classes]
         return report.evaluate_scores(np.concatenate(out), w_song, songs, ds.labels, ds.class_names)
 
 
-def train(cfg: Config, *, log=print) -> dict:
-    """Run (or resume) the training the config describes; returns the results dict also saved as JSON."""
-    workdir = cfg.resolved_workdir()
-    n_dev = jax.local_device_count()
-    if cfg.batch_size % n_dev:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {n_dev} devices; "
-                          f"use a multiple of {n_dev}")
+def prepare(cfg: Config, workdir: str, log=print) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
+    """Check the workdir, print the config, load the data -> (Dataset padded to a crop, split)."""
     check_workdir_config(workdir, cfg)
     log(f"config:\n{cfg.to_json()}")
     ds, split = load_data(cfg)
-    ds = ds.min_length(cfg.crop_samples)
+    return ds.min_length(cfg.crop_samples), split
+
+
+def train(cfg: Config, *, log=print) -> dict:
+    """Run (or resume) the training the config describes; returns the results dict also saved as JSON.
+
+    With several processes (distributed.initialize) every process calls this; process 0 alone logs and
+    writes the workdir's files, all of them train, evaluate and save checkpoints together.
+    """
+    workdir = cfg.resolved_workdir()
+    n_dev, n_proc, primary = jax.device_count(), jax.process_count(), dist.is_primary()
+    if cfg.batch_size % n_dev:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {n_dev} devices"
+                          f"{f' of {n_proc} processes' if n_proc > 1 else ''}; use a multiple of {n_dev}")
+    if not primary:
+        log = lambda *_: None  # noqa: E731
+    # Every process checks and loads; all must agree on config and data before anything is written.
+    ds, split = dist.agreed(lambda: prepare(cfg, workdir, log), lambda r: dist.fingerprints(cfg, *r))
+    local = dist.local_devices()
     train_songs = split["train"]
     spe = data_lib.steps_per_epoch(len(train_songs), cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * spe
     log(f"data: {cfg.data}: {len(ds)} songs, {len(ds.class_names)} classes; split {cfg.split}: "
         + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f"; {spe} steps/epoch, {total} steps, "
-        f"{n_dev} {jax.default_backend()} device(s)")
+        f"{n_dev} {jax.default_backend()} device(s)" + (f" in {n_proc} processes" if n_proc > 1 else ""))
 
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    with open(os.path.join(workdir, "classes.json"), "w") as f:  # what predict.py needs to name its outputs
-        json.dump({"class_names": list(ds.class_names)}, f)
-    with open(os.path.join(workdir, "split.json"), "w") as f:
-        json.dump({k: [ds.names[i] for i in v] for k, v in split.items()}, f, indent=1)
+    if primary:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json())
+        with open(os.path.join(workdir, "classes.json"), "w") as f:  # what predict.py needs to name its outputs
+            json.dump({"class_names": list(ds.class_names)}, f)
+        with open(os.path.join(workdir, "split.json"), "w") as f:
+            json.dump({k: [ds.names[i] for i in v] for k, v in split.items()}, f, indent=1)
 
     net = model_lib.build_model(cfg, len(ds.class_names), axis_name=steps_lib.AXIS)
     tx = steps_lib.make_optimizer(cfg, total)
@@ -138,21 +165,23 @@ def train(cfg: Config, *, log=print) -> dict:
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
         start = int(state.step)
-        report.truncate_metrics(metrics_path, start)
+        if primary:
+            report.truncate_metrics(metrics_path, start)
         log(f"resumed from checkpoint at step {start}")
-    elif os.path.exists(metrics_path):
+    elif primary and os.path.exists(metrics_path):
         report.truncate_metrics(metrics_path, 0)  # a run that died before its first checkpoint
 
     state = steps_lib.place_state(state)
     p_train = steps_lib.parallel(
         steps_lib.make_multi_step(steps_lib.make_train_step(net, tx, head=cfg.head, seed=cfg.seed), cfg.crop_samples),
         n_broadcast=2, state_out=True)
-    evaluate = Evaluator(cfg, ds, steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head), state_out=False),
-                         n_dev)
+    evaluate = Evaluator(cfg, ds, steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head, gather=True),
+                                                     state_out=False), n_dev, local)
     eval_every = cfg.eval_every or spe
     # Checkpoints fall on log boundaries, so a resumed run logs exactly the lines an unbroken one does.
     ckpt_every = -(-cfg.checkpoint_every // cfg.log_every) * cfg.log_every
-    feed = feed_lib.make_feed(ds, cfg, train_songs, n_dev, log=log)
+    feed = feed_lib.make_feed(ds, cfg, train_songs, n_dev, local=local, log=log)
+    append_metrics = report.append_metrics if primary else lambda *_: None
 
     pending: list = []  # (first step, device metrics [devices, k]) not yet checked and written
 
@@ -169,13 +198,13 @@ def train(cfg: Config, *, log=print) -> dict:
         last = first + len(losses)
         row = {"step": last, "epoch": last / spe, "train_loss": float(losses.mean()),
                "train_accuracy": float(np.concatenate([m["accuracy"][0] for m in got]).mean())}
-        report.append_metrics(metrics_path, row)
+        append_metrics(metrics_path, row)
         pending.clear()
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_accuracy']:.2f}")
         if not bar.interactive:
             log(f"step {row['step']}/{total}  loss {row['train_loss']:.4f}  accuracy {row['train_accuracy']:.3f}")
 
-    bar = _progress(total, start)
+    bar = _progress(total, start, primary)
     t0 = time.time()
     chunks = feed_lib.plan(start, total, cfg.steps_per_call, [cfg.log_every, eval_every, ckpt_every])
     for step, k, batch in feed.calls(chunks):
@@ -188,8 +217,8 @@ def train(cfg: Config, *, log=print) -> dict:
         if done % eval_every == 0 and len(split["valid"]) and done != total:
             flush()
             ev = evaluate(state, split["valid"])
-            report.append_metrics(metrics_path, {"step": done, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
-                                                 "eval_window_accuracy": ev["window_accuracy"]})
+            append_metrics(metrics_path, {"step": done, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
+                                          "eval_window_accuracy": ev["window_accuracy"]})
         if done % ckpt_every == 0 or done == total:
             flush()
             ckpt.save(done, state)
@@ -202,14 +231,15 @@ def train(cfg: Config, *, log=print) -> dict:
         if len(split[name]):
             ev = evaluate(state, split[name])
             if name == "valid":
-                report.append_metrics(metrics_path, {"step": total, "eval_loss": ev["loss"],
-                                                     "eval_accuracy": ev["accuracy"],
-                                                     "eval_window_accuracy": ev["window_accuracy"]})
+                append_metrics(metrics_path, {"step": total, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
+                                              "eval_window_accuracy": ev["window_accuracy"]})
             results[name] = ev
     test = results["test"]
     results.update(test_accuracy=test["accuracy"], test_window_accuracy=test["window_accuracy"],
                    n_test=test["n_songs"], class_names=list(ds.class_names),
                    test_songs=[ds.names[i] for i in split["test"]])
+    if not primary:
+        return results
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     report.plot_confusion(np.array(test["confusion"]), ds.class_names, os.path.join(workdir, "confusion.png"),
@@ -220,11 +250,11 @@ def train(cfg: Config, *, log=print) -> dict:
     return results
 
 
-def _progress(total: int, start: int):
-    """A tqdm bar on a terminal; a silent stand-in (plain log lines instead) otherwise."""
+def _progress(total: int, start: int, primary: bool = True):
+    """A tqdm bar on process 0's terminal; a silent stand-in (plain log lines instead) otherwise."""
     from tqdm.auto import tqdm
 
-    interactive = sys.stderr.isatty()
+    interactive = primary and sys.stderr.isatty()
     bar = tqdm(total=total, initial=start, disable=not interactive, unit="step", dynamic_ncols=True)
     bar.interactive = interactive
     return bar
@@ -247,23 +277,34 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """Flags -> Config: the preset (--config, else the default for this machine's backend), then each flag
-    given on the command line replaces its field."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed without touching JAX (distributed.initialize must come first)."""
     p = _Parser(prog="python -m crnn_jax.train", description=__doc__.split("\n")[0])
     p.add_argument("--config", help="preset file, e.g. experiments/seed_report.py")
     for flag, (field, typ) in FLAGS.items():
         p.add_argument(flag, type=typ, default=None, dest=field)
-    args = p.parse_args(argv)
+    dist.add_flags(p)  # launch parameters: not Config fields, never in config.json
+    return p.parse_args(argv)
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    """Parsed flags -> Config: the preset (--config, else the default for this machine's backend), then each
+    flag given on the command line replaces its field."""
     base = config_lib.load_preset(args.config) if args.config else config_lib.default_config(jax.default_backend())
     overrides = {f: getattr(args, f) for f, _ in FLAGS.values() if getattr(args, f) is not None}
     return base.replace(**overrides)
 
 
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Flags -> Config (see config_of); launch flags are accepted and left out."""
+    return config_of(parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg = parse_config(argv)
-        train(cfg)
+        args = parse_args(argv)
+        dist.initialize(dist.launch_of(args))  # before any other JAX call, jax.default_backend() included
+        train(config_of(args))
     except (ConfigError, DataError) as e:
         print(f"crnn_jax.train: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,302 @@
+"""`python -m crnn_jax.predict`: the genres of your own songs, from a trained workdir.
+
+    python -m crnn_jax.predict --workdir runs/crnn-genres-seed0 song.wav other.flac
+    python -m crnn_jax.predict --workdir RUN song.wav --json            # one JSON document
+    python -m crnn_jax.predict --workdir RUN song.wav --plot timeline.png
+
+A song is scored exactly as evaluation scores a test song (train.Evaluator): cut into windows of the
+training crop (data.eval_windows, hop = eval hop), each window through the network with its stored
+parameters (the book's theta, running BatchNorm averages, no dropout), and the per-window
+log-probabilities averaged over the song. Windows go through one jitted forward in fixed-size batches,
+so a ten-minute song needs no more device memory than a batch of windows. Nothing in the workdir is
+ever written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from crnn_jax import checkpoint as ckpt_lib
+from crnn_jax import data as data_lib
+from crnn_jax import model as model_lib
+from crnn_jax import steps as steps_lib
+from crnn_jax.config import Config, ConfigError
+from crnn_jax.data import DataError
+
+DEFAULT_BATCH = 16  # windows per forward call: 48 s of audio at 3 s crops
+
+
+class Predictor:
+    """A trained model ready to score audio.
+
+    cfg: the run's Config; class_names: genre per output index; state: TrainState with the stored params
+    and batch_stats; batch_size: windows per forward call (the only shape ever compiled).
+    """
+
+    def __init__(self, cfg: Config, class_names: tuple[str, ...], state: steps_lib.TrainState, *,
+                 batch_size: int = DEFAULT_BATCH):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg, self.class_names, self.batch_size = cfg, tuple(class_names), batch_size
+        self.state = state.replace(opt_state=())  # the optimiser's r and v play no part in a prediction
+        net = model_lib.build_model(cfg, len(self.class_names))
+        # One jit per Predictor, traced once for the [batch_size, crop] shape; the state is an argument,
+        # not a closure, so the parameters are not baked into the program as constants.
+        self._eval = jax.jit(steps_lib.make_eval_step(net, head=cfg.head))
+        self._gains = np.ones(batch_size, np.float32)
+
+    @property
+    def sample_rate(self) -> int:
+        """Hz; audio given to `predict` must be at this rate."""
+        return self.cfg.sample_rate
+
+    def _forward(self, crops: np.ndarray) -> np.ndarray:
+        """int16 windows [batch_size, crop] -> log-probabilities [batch_size, n_classes] (float32)."""
+        return np.asarray(self._eval(self.state, {"crops": crops, "gains": self._gains}))
+
+    def window_log_probs(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every evaluation window of one song through the network.
+
+        audio: [samples] float in [-1, 1] at sample_rate Hz. -> (log-probabilities [W, n_classes],
+        window starts [W] in samples). Windows are cut batch by batch: at most batch_size of them exist at once.
+        """
+        audio = np.asarray(audio)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError(f"audio must be a non-empty 1-D waveform, got shape {audio.shape}")
+        if not np.all(np.isfinite(audio)):
+            raise ValueError("audio contains NaN or infinite samples")
+        crop = self.cfg.crop_samples
+        # The model saw int16 audio in training and evaluation; quantise the same way so a song decoded
+        # from a 16-bit file gives bit-for-bit the windows the Evaluator gives.
+        row = data_lib.to_int16(audio)[None]  # [1, samples]
+        row = np.pad(row, ((0, 0), (0, max(0, crop - row.shape[1]))))  # [1, max(samples, crop)]
+        _, starts = data_lib.eval_windows(np.array([audio.size]), np.array([0]), crop=crop,
+                                          hop=self.cfg.eval_hop_samples)
+        out = []
+        for i in range(0, len(starts), self.batch_size):
+            o = starts[i:i + self.batch_size]
+            n = len(o)
+            o = np.concatenate([o, np.repeat(o[-1:], self.batch_size - n)])  # one shape: pad, drop outputs
+            crops = data_lib.gather_crops(row, np.zeros(self.batch_size, np.int64), o, crop)  # [batch, crop]
+            out.append(self._forward(crops)[:n])
+        return np.concatenate(out), starts
+
+    def predict(self, audio: np.ndarray, *, top: int = 3) -> dict:
+        """Genre probabilities of one song.
+
+        audio: [samples] float at sample_rate Hz; top: how many genres to list (clipped to n_classes).
+        -> {"top": [{"genre", "probability"}] best first, "probabilities": {genre: p},
+            "log_probs": [C] mean window log-probability (the Evaluator's song score), "windows": W,
+            "seconds": song length in s, "window_starts": [W] s, "window_probs": [W, C]}.
+        Softmax head: p = softmax of the mean log-probabilities (the geometric mean of the windows'
+        distributions, renormalised; sums to 1). Sigmoid head: p = exp(mean log-sigmoid) per class, each
+        genre's own geometric-mean probability (no normalisation: the genres are independent outputs).
+        """
+        if top < 1:
+            raise ValueError(f"top must be >= 1, got {top}")
+        logp, starts = self.window_log_probs(audio)  # [W, C], [W]
+        mean = logp.astype(np.float64).mean(axis=0)  # [C]
+        if self.cfg.head == "softmax":
+            probs = np.exp(mean - np.logaddexp.reduce(mean))
+        else:
+            probs = np.exp(mean)
+        order = np.argsort(-probs, kind="stable")[:top]
+        return {
+            "top": [{"genre": self.class_names[i], "probability": float(probs[i])} for i in order],
+            "probabilities": {g: float(p) for g, p in zip(self.class_names, probs)},
+            "log_probs": mean,
+            "windows": int(len(starts)),
+            "seconds": float(np.asarray(audio).size / self.sample_rate),
+            "window_starts": starts / self.sample_rate,
+            "window_probs": np.exp(logp),
+        }
+
+
+def load_model(workdir: str, *, batch_size: int = DEFAULT_BATCH) -> Predictor:
+    """The newest checkpoint of a training workdir as a Predictor; reads config.json, classes.json and
+    checkpoints/, writes nothing. Raises ConfigError (one line) when the workdir cannot give a model."""
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir}: no such directory")
+    try:
+        cfg = Config.from_dict(_read_json(workdir, "config.json"))
+    except (TypeError, ValueError) as e:  # ConfigError is a ValueError: a bad or foreign config.json
+        raise ConfigError(f"{os.path.join(workdir, 'config.json')}: {e}") from None
+    classes = _read_json(workdir, "classes.json").get("class_names")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(f"{os.path.join(workdir, 'classes.json')} has no list of class_names")
+    ck_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ck_dir):  # checked first: Checkpointer would create the directory
+        raise ConfigError(f"--workdir {workdir} has no checkpoints/ (train it first)")
+    net = model_lib.build_model(cfg, len(classes))
+    # Shapes only (traced, never compiled or run), placed on this process's first device: a checkpoint
+    # written by a run on 8 GPUs restores onto a laptop's CPU, whatever sharding it was saved with.
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), jax.eval_shape(
+        lambda: steps_lib.create_state(net, steps_lib.make_optimizer(cfg, 1), cfg.crop_samples, cfg.seed)))
+    ckpt = ckpt_lib.Checkpointer(ck_dir)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise ConfigError(f"--workdir {workdir} has no checkpoint in {ck_dir} (train it first)")
+        # Compare shapes before restoring: a restore that fails half-way leaves orbax's pending reads to
+        # die noisily at interpreter exit, which is not the one-line error a user should see.
+        mismatch = _mismatch(_flat_shapes(like), _stored_shapes(ck_dir, step))
+        if mismatch:
+            raise ConfigError(f"checkpoint {step} in {ck_dir} does not match the model that config.json and "
+                              f"classes.json describe: {mismatch}")
+        try:
+            state = ckpt.restore(like)
+        except Exception as e:  # shapes agreed, so the files themselves are damaged
+            raise ConfigError(f"checkpoint {step} in {ck_dir} is unreadable "
+                              f"({' '.join(str(e).split())[:200]})") from None
+    finally:
+        ckpt.close()
+    return Predictor(cfg, tuple(classes), state, batch_size=batch_size)
+
+
+def _flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """A pytree of arrays (or orbax array metadata) -> {path as names: shape}; state fields, dict keys
+    and sequence indices alike, so a TrainState and a checkpoint's stored tree compare directly."""
+    out = {}
+    for path, leaf in jax.tree.leaves_with_path(tree):
+        key = tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        out[key] = tuple(leaf.shape)
+    return out
+
+
+def _stored_shapes(ck_dir: str, step: int) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Shapes in checkpoint `step`, read from orbax's metadata without loading any array."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    # checkpoint.Checkpointer saves one item, which orbax's CheckpointManager names "default".
+    try:
+        return _flat_shapes(ocp.StandardCheckpointHandler().metadata(epath.Path(ck_dir) / str(step) / "default"))
+    except Exception as e:  # missing or damaged metadata: the checkpoint cannot be used either way
+        raise ConfigError(f"checkpoint {step} in {ck_dir} is unreadable ({' '.join(str(e).split())[:200]})") from None
+
+
+def _mismatch(model: dict, stored: dict) -> str:
+    """'' when both {path: shape} maps agree, else the first difference in words."""
+    name = "/".join
+    for k in sorted(set(model) | set(stored), key=lambda k: (k[0] != "params", k)):  # parameters first
+        if k not in stored:
+            return f"the checkpoint has no {name(k)}"
+        if k not in model:
+            return f"the checkpoint holds {name(k)}, which the model does not have"
+        if model[k] != stored[k]:
+            return f"{name(k)} is {stored[k]} in the checkpoint, the model needs {model[k]}"
+    return ""
+
+
+def _read_json(workdir: str, name: str) -> dict:
+    path = os.path.join(workdir, name)
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--workdir {workdir} has no {name}; is it a training workdir?") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is unreadable ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    return d
+
+
+def read_song(path: str, sample_rate: int) -> np.ndarray:
+    """Decode one audio file -> [samples] float32 at sample_rate Hz; DataError naming the file otherwise."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    from crnn_jax import loaders  # decoding lives with the data loaders (soundfile, resample_poly)
+
+    try:
+        return loaders.read_audio(path, sample_rate)
+    except DataError as e:
+        raise DataError(str(e) if path in str(e) else f"{path}: {e}") from None
+    except Exception as e:  # a decoder error the loader did not translate: still one line naming the file
+        raise DataError(f"{path}: cannot be decoded ({type(e).__name__}: {e})") from None
+
+
+def plot_timeline(result: dict, class_names: tuple[str, ...], path: str, title: str) -> None:
+    """Genre probability of every window against its start time (s), one line per genre, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    t, p = result["window_starts"], result["window_probs"]  # [W] s, [W, C]
+    order = np.argsort(-result["log_probs"], kind="stable")  # legend in the song's ranking
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for i in order:
+        ax.plot(t, p[:, i], marker="o" if len(t) < 40 else None, ms=3, label=class_names[i])
+    ax.set_xlabel("window start (s)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- command line ------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line naming the problem, not the usage block
+        raise ConfigError(message)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = _Parser(prog="python -m crnn_jax.predict", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="a training run's workdir")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format soundfile decodes)")
+    p.add_argument("--top", type=int, default=3, help="genres listed per file (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    p.add_argument("--plot", metavar="PNG", help="genre probabilities over time (one file only)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="windows per forward call")
+    args = p.parse_args(argv)
+    if args.top < 1:
+        raise ConfigError(f"--top must be >= 1, got {args.top}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.plot and len(args.files) != 1:
+        raise ConfigError(f"--plot draws one song's timeline; got {len(args.files)} files")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0: every file predicted; 1: some file failed (each named on stderr); 2: bad flags or workdir."""
+    try:
+        args = parse_args(argv)
+        predictor = load_model(args.workdir, batch_size=args.batch_size)
+    except (ConfigError, DataError) as e:
+        print(f"crnn_jax.predict: error: {e}", file=sys.stderr)
+        return 2
+    docs, failed = [], 0
+    for path in args.files:
+        try:
+            res = predictor.predict(read_song(path, predictor.sample_rate), top=args.top)
+        except (DataError, ValueError) as e:
+            print(f"crnn_jax.predict: error: {e if path in str(e) else f'{path}: {e}'}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.plot:
+            plot_timeline(res, predictor.class_names, args.plot, os.path.basename(path))
+        if args.json:
+            docs.append({"file": path, "top": res["top"], "probabilities": res["probabilities"],
+                         "windows": res["windows"], "seconds": res["seconds"]})
+        else:
+            print(f"{path}: " + ", ".join(f"{t['genre']} {t['probability']:.2f}" for t in res["top"]), flush=True)
+    if args.json:
+        print(json.dumps(docs, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Train/valid/test splits of a loaded collection, always by song, chosen by `--split`:
+
+    random               stratified per genre: test_fraction and valid_fraction of each genre's songs
+    fault-filtered       Kereliuk, Sturm & Larsen's artist-filtered GTZAN split (443/197/290 songs, shipped
+                         in crnn_jax/splits/*_filtered.txt): no artist on two sides, 70 faulty clips dropped
+    kfold:K              stratified K folds of songs; --fold i (0 <= i < K) is the test fold
+    /a/folder            train.txt, test.txt and optionally valid.txt in it, one song path per line
+
+List lines are matched to the data's song names ("<genre>/<path in the genre folder>") by genre and
+file stem: the extension (.au/.wav/...) and any leading layout folders ("genres/", "Data/genres_original/")
+are ignored, and so is case. Songs of the data that no list names are left out of every part.
+
+Whatever the form, the result is {"train", "valid", "test"} -> sorted int64 song indices, pairwise
+disjoint (checked), with train and test non-empty.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+import sys
+
+import numpy as np
+
+from crnn_jax import data
+from crnn_jax.config import ConfigError
+from crnn_jax.data import DataError
+
+PARTS = ("train", "valid", "test")
+AUDIO_EXTS = (".wav", ".au", ".flac", ".ogg", ".mp3")
+GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+# GTZAN's own file names: <genre>/<genre>.000NN (100 per genre).
+GTZAN_NAME = re.compile(rf"^({'|'.join(GTZAN_GENRES)})/\1\.000\d\d$")
+# Listed songs that may be absent (e.g. a few bad files skipped by the loader) before the data is
+# judged "not GTZAN"; a data folder holding only GTZAN names may be any subset (see _fault_filtered).
+FEW_MISSING = 10
+FORMS = "random, fault-filtered, kfold:K (with --fold 0..K-1), or a folder holding train.txt, test.txt [, valid.txt]"
+
+
+def make_split(cfg, ds: data.Dataset) -> dict[str, np.ndarray]:
+    """The split `cfg.split` names, of `ds`'s songs -> {"train", "valid", "test"}: sorted int64 indices.
+
+    Raises ConfigError for a malformed --split/--fold and DataError when the data cannot be split so.
+    """
+    split = cfg.split.strip()
+    kfold = re.fullmatch(r"kfold:(.*)", split)
+    if cfg.fold != 0 and not kfold:
+        raise ConfigError(f"--fold {cfg.fold} only applies to --split kfold:K (got --split {split!r})")
+    if split == "random":
+        parts = data.random_split(ds.labels, test_fraction=cfg.test_fraction, valid_fraction=cfg.valid_fraction,
+                                  seed=cfg.seed)
+        if not len(parts["test"]):
+            raise DataError("--split random: no genre has 2 or more songs, so nothing is left to test on; "
+                            "use more songs, or --split FOLDER with train.txt and test.txt in it")
+    elif split == "fault-filtered":
+        parts = _fault_filtered(ds, filtered_lists(), where=cfg.data)
+    elif kfold:
+        parts = kfold_split(ds.labels, kfold.group(1), fold=cfg.fold, valid_fraction=cfg.valid_fraction,
+                            seed=cfg.seed, class_names=ds.class_names)
+    elif os.path.isdir(split):
+        parts = from_lists(ds, read_list_folder(split))
+    elif os.sep in split or "/" in split:
+        raise DataError(f"--split {split}: no such folder (a split-list folder holds train.txt, test.txt "
+                        f"[, valid.txt])")
+    else:
+        raise ConfigError(f"--split {split!r} is not one of: {FORMS}")
+    return check_split(parts, len(ds), what=f"--split {split}")
+
+
+def check_split(parts: dict[str, np.ndarray], n_songs: int, *, what: str = "split") -> dict[str, np.ndarray]:
+    """Sorted unique int64 indices per part; raise DataError unless the parts are disjoint, within
+    [0, n_songs), and train and test are non-empty."""
+    out = {k: np.unique(np.asarray(parts.get(k, []), np.int64)) for k in PARTS}
+    for i, a in enumerate(PARTS):
+        for b in PARTS[i + 1:]:
+            both = np.intersect1d(out[a], out[b])
+            if both.size:  # the guarantee every split makes: no song on two sides
+                raise DataError(f"{what}: song {int(both[0])} is in both {a} and {b}")
+        if out[a].size and (out[a][0] < 0 or out[a][-1] >= n_songs):
+            raise DataError(f"{what}: {a} holds song indices outside [0, {n_songs})")
+    for k in ("train", "test"):
+        if not out[k].size:
+            raise DataError(f"{what}: the {k} part is empty")
+    return out
+
+
+# --- song names ------------------------------------------------------------------------------------------
+def song_key(path: str) -> tuple[str, ...]:
+    """A song path -> its matching key: lower-case path components, audio extension dropped from the last.
+
+    "genres/Blues/blues.00012.au" -> ("genres", "blues", "blues.00012"); a list line matches a song when the
+    song's key is a suffix of the line's key (so layout prefixes do not matter).
+    """
+    parts = [p for p in path.strip().replace("\\", "/").lower().split("/") if p not in ("", ".")]
+    if parts:
+        stem, ext = os.path.splitext(parts[-1])
+        if ext in AUDIO_EXTS:  # only audio extensions: "blues.00012" must keep its ".00012"
+            parts[-1] = stem
+    return tuple(parts)
+
+
+def _index(ds: data.Dataset) -> dict[tuple[str, ...], int]:
+    index: dict[tuple[str, ...], int] = {}
+    for i, name in enumerate(ds.names):
+        key = song_key(name)
+        if key in index:
+            raise DataError(f"{ds.names[index[key]]} and {name} are one song for a split list (same name, "
+                            f"different extension); keep one of them")
+        index[key] = i
+    return index
+
+
+def _lookup(index: dict[tuple[str, ...], int], line: str) -> int | None:
+    key = song_key(line)
+    for start in range(len(key)):  # longest suffix first: "genres/blues/x" tries itself, then "blues/x", ...
+        i = index.get(key[start:])
+        if i is not None:
+            return i
+    return None
+
+
+# --- list files ------------------------------------------------------------------------------------------
+def parse_list(text: str) -> list[str]:
+    """A split list's text -> its song paths (blank lines and lines starting with '#' skipped)."""
+    return [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+
+
+def filtered_lists() -> dict[str, list[str]]:
+    """The fault-filtered GTZAN split shipped with the package -> {"train", "valid", "test"}: song paths."""
+    root = importlib.resources.files("crnn_jax").joinpath("splits")
+    return {k: parse_list(root.joinpath(f"{k}_filtered.txt").read_text()) for k in PARTS}
+
+
+def read_list_folder(folder: str) -> dict[str, tuple[str, list[str]]]:
+    """A split-list folder -> {part: (list file path, song paths)}; train and test are required.
+
+    Each part is read from `<part>.txt`, or `<part>_filtered.txt` (the shipped lists' names).
+    """
+    out = {}
+    for k in PARTS:
+        for name in (f"{k}.txt", f"{k}_filtered.txt"):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        out[k] = (path, parse_list(f.read()))
+                except (OSError, UnicodeDecodeError) as e:
+                    raise DataError(f"--split {folder}: cannot read {name} ({e})") from None
+                break
+    missing = [f"{k}.txt" for k in ("train", "test") if k not in out]
+    if missing:
+        raise DataError(f"--split {folder}: no {' or '.join(missing)} in it (a split-list folder holds "
+                        f"train.txt, test.txt [, valid.txt], one song path per line)")
+    return out
+
+
+def from_lists(ds: data.Dataset, lists: dict[str, tuple[str, list[str]]]) -> dict[str, np.ndarray]:
+    """Split by user lists {part: (list file, song paths)}: every listed song must be in the data."""
+    index, where = _index(ds), {}
+    parts: dict[str, list[int]] = {k: [] for k in PARTS}
+    for k, (path, lines) in lists.items():
+        for line in lines:
+            i = _lookup(index, line)
+            if i is None:
+                raise DataError(f"{path} names {line}, which is not in the data ({len(ds)} songs, e.g. "
+                                f"{ds.names[0]})")
+            if i in where and where[i][0] != k:
+                raise DataError(f"{line} is listed in both {where[i][1]} and {path}")
+            where[i] = (k, path)
+            parts[k].append(i)
+    left_out = len(ds) - len(where)
+    if left_out:
+        _say(f"split lists: {left_out} of {len(ds)} songs are in no list and are left out")
+    return {k: np.array(v, np.int64) for k, v in parts.items()}
+
+
+def _fault_filtered(ds: data.Dataset, lists: dict[str, list[str]], *, where: str) -> dict[str, np.ndarray]:
+    """The artist-filtered split on GTZAN or on a part of it.
+
+    Rule: songs the lists do not name (the 70 faulty clips, or anything else) are left out. Listed songs
+    missing from the data are fine when they are few (<= FEW_MISSING, e.g. files the loader skipped) or
+    when every song of the data carries a GTZAN file name (<genre>/<genre>.000NN): then the data is a
+    subset of GTZAN and the lists' parts, restricted to it, are still artist-filtered. Otherwise the
+    data is some other collection and the split is refused.
+    """
+    index = _index(ds)
+    parts: dict[str, list[int]] = {k: [] for k in PARTS}
+    missing = []
+    for k in PARTS:
+        for line in lists[k]:
+            i = _lookup(index, line)
+            if i is None:
+                missing.append(line)
+            else:
+                parts[k].append(i)
+    n_listed = sum(len(v) for v in lists.values())
+    gtzan_only = all(GTZAN_NAME.match("/".join(song_key(n)[-2:])) for n in ds.names)
+    if len(missing) == n_listed:
+        raise DataError(f"fault-filtered split: none of the {len(ds)} songs in {where} is named like a GTZAN "
+                        f"file in the lists (e.g. {lists['test'][0]}); this split needs GTZAN")
+    if len(missing) > FEW_MISSING and not gtzan_only:
+        raise DataError(f"fault-filtered split: {len(missing)} of {n_listed} listed songs are not in {where} "
+                        f"(first: {missing[0]}); this split needs the full GTZAN")
+    if missing:
+        _say(f"fault-filtered split: {len(missing)} of {n_listed} listed songs are not in the data (first: "
+             f"{missing[0]}); using the {n_listed - len(missing)} that are")
+    left_out = len(ds) - sum(len(v) for v in parts.values())
+    if left_out:
+        _say(f"fault-filtered split: {left_out} of {len(ds)} songs are in no list (faulty or not GTZAN) "
+             f"and are left out")
+    return {k: np.array(v, np.int64) for k, v in parts.items()}
+
+
+# --- k folds -------------------------------------------------------------------------------------------
+def kfold_split(labels: np.ndarray, k, *, fold: int, valid_fraction: float, seed: int,
+                class_names: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Stratified K folds of songs: fold `fold` is test; valid takes round(valid_fraction * n_c) of each
+    class's n_c songs from the rest (at least one training song stays per class).
+
+    Each class's songs are shuffled (seeded by seed) and dealt round-robin to the folds, starting where
+    the previous class stopped, so fold sizes differ by at most one song overall. labels: [n_songs].
+    """
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--split kfold:{k}: K must be an integer >= 2, e.g. kfold:10") from None
+    counts = {int(c): int(np.sum(labels == c)) for c in np.unique(labels)}
+    if k < 2:
+        raise ConfigError(f"--split kfold:{k}: K must be >= 2")
+    smallest = min(counts, key=counts.get)
+    if k > counts[smallest]:
+        name = class_names[smallest] if smallest < len(class_names) else str(smallest)
+        raise ConfigError(f"--split kfold:{k}: K must be <= {counts[smallest]}, the number of songs of the "
+                          f"smallest genre ({name}), so that every fold holds every genre")
+    if not 0 <= fold < k:
+        raise ConfigError(f"--fold {fold} is out of range for --split kfold:{k} (0..{k - 1})")
+    rng = np.random.default_rng([seed, 11])
+    parts: dict[str, list[int]] = {p: [] for p in PARTS}
+    start = 0
+    for c in sorted(counts):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        in_test = (start + np.arange(len(idx))) % k == fold
+        start += len(idx)
+        rest = idx[~in_test]
+        n_valid = min(len(rest) - 1, int(round(valid_fraction * len(idx))))
+        parts["test"] += idx[in_test].tolist()
+        parts["valid"] += rest[:n_valid].tolist()
+        parts["train"] += rest[n_valid:].tolist()
+    return {p: np.array(sorted(v), np.int64) for p, v in parts.items()}
+
+
+def _say(msg: str) -> None:
+    print(f"data: {msg}", file=sys.stderr, flush=True)

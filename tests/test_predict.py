@@ -1,0 +1,233 @@
+"""predict.py on a smoke model trained once per module: agreement with the Evaluator, bounded batches,
+the CLI's outputs, and one clear line for every kind of bad workdir or file."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ROOT, run_module
+from crnn_jax import config as config_lib
+from crnn_jax import data as data_lib
+from crnn_jax import model as model_lib
+from crnn_jax import predict as predict_lib
+from crnn_jax import report
+from crnn_jax import steps as steps_lib
+from crnn_jax import synth
+from crnn_jax import train as train_lib
+
+SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    cfg = config_lib.load_preset(SMOKE).replace(workdir=str(tmp_path_factory.mktemp("predict") / "run"))
+    train_lib.train(cfg, log=lambda *_: None)
+    return cfg.workdir
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir):
+    return predict_lib.load_model(run_dir, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory, predictor):
+    """16-bit wavs of synthetic music at the model's rate: lengths around the window edge cases."""
+    d = tmp_path_factory.mktemp("songs")
+    sr, crop = predictor.sample_rate, predictor.cfg.crop_samples
+    # 0.6 crop: one padded window; 3.7: three windows and an end-aligned fourth; 7.2: tail too short for one.
+    paths = []
+    for i, crops in enumerate((0.6, 3.7, 7.2)):
+        x = synth.generate_clip(i * 3, seconds=crops * crop / sr, sample_rate=sr, seed=11, index=i)
+        paths.append(str(d / f"song{i}.wav"))
+        sf.write(paths[-1], x, sr, subtype="PCM_16")
+    return paths
+
+
+def snapshot(directory):
+    """Every file and folder under `directory` with its size and modification time."""
+    out = []
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            st = os.stat(os.path.join(root, name))
+            out.append((os.path.relpath(os.path.join(root, name), directory), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+def test_prediction_matches_the_evaluator_song_score(predictor, songs, run_dir, monkeypatch):
+    before = snapshot(run_dir)
+    with open(os.path.join(run_dir, "classes.json")) as f:
+        classes = json.load(f)["class_names"]
+    cfg = predictor.cfg
+    audio = [predict_lib.read_song(p, cfg.sample_rate) for p in songs]
+    results = [predictor.predict(a) for a in audio]
+    for res in results:
+        probs = [t["probability"] for t in res["top"]]
+        assert len(res["top"]) == 3 and {t["genre"] for t in res["top"]} <= set(classes)
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
+        assert set(res["probabilities"]) == set(classes)
+        assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)  # softmax head
+        assert max(res["probabilities"].values()) == probs[0]
+
+    # The same songs as a Dataset through train.Evaluator (pmap, int16 rows, its own batching).
+    lengths = np.array([a.size for a in audio])
+    rows = np.zeros((len(audio), max(lengths.max(), cfg.crop_samples)), np.int16)
+    for i, a in enumerate(audio):
+        rows[i, :a.size] = data_lib.to_int16(a)
+    ds = data_lib.Dataset(audio=rows, lengths=lengths, labels=np.zeros(len(audio), np.int32),
+                          names=tuple(songs), class_names=tuple(classes), sample_rate=cfg.sample_rate)
+    seen = {}
+    real = report.evaluate_scores
+
+    def capture(window_logp, window_song, song_ids, *a, **k):
+        seen.update(logp=window_logp, window_song=window_song, songs=song_ids)
+        return real(window_logp, window_song, song_ids, *a, **k)
+
+    monkeypatch.setattr(train_lib.report, "evaluate_scores", capture)
+    net = model_lib.build_model(cfg, len(classes), axis_name=steps_lib.AXIS)
+    p_eval = steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head, gather=True), state_out=False)
+    ev = train_lib.Evaluator(cfg, ds, p_eval, jax.local_device_count())(
+        steps_lib.place_state(predictor.state), np.arange(len(audio)))
+    song_logp = report.song_log_probs(seen["logp"], seen["window_song"], seen["songs"])  # [songs, classes]
+    assert [r["windows"] for r in results] == np.bincount(seen["window_song"]).tolist() == [1, 4, 7]
+    for i, res in enumerate(results):
+        np.testing.assert_allclose(res["log_probs"], song_logp[i], atol=2e-5)
+        p = np.exp(song_logp[i] - np.logaddexp.reduce(song_logp[i]))
+        np.testing.assert_allclose([res["probabilities"][c] for c in classes], p, atol=2e-5)
+        assert classes.index(res["top"][0]["genre"]) == ev["song_predictions"][i]
+    assert snapshot(run_dir) == before  # predicting wrote nothing into the workdir
+
+
+def test_long_song_goes_through_in_bounded_batches(predictor, tmp_path, monkeypatch):
+    sr, crop, b = predictor.sample_rate, predictor.cfg.crop_samples, predictor.batch_size
+    path = str(tmp_path / "long.wav")
+    sf.write(path, synth.generate_clip(9, seconds=300.0, sample_rate=sr, seed=3, index=0), sr, subtype="PCM_16")
+    calls, gathered = [], []
+    real_forward, real_gather = predictor._forward, data_lib.gather_crops
+    monkeypatch.setattr(predictor, "_forward", lambda crops: calls.append(crops.shape) or real_forward(crops))
+    monkeypatch.setattr(data_lib, "gather_crops", lambda a, s, o, c: gathered.append(len(s)) or real_gather(a, s, o, c))
+    res = predictor.predict(predict_lib.read_song(path, sr))
+    n_windows = 300 * sr // crop
+    assert res["windows"] == n_windows and res["seconds"] == pytest.approx(300.0)
+    assert len(calls) == -(-n_windows // b) and all(shape == (b, crop) for shape in calls)
+    assert max(gathered) <= b  # the host never cut more than one batch of windows at a time
+    assert np.isfinite(res["log_probs"]).all()
+    assert predictor._eval._cache_size() == 1  # songs of every length share one compiled forward
+
+    # Batched = all at once: a shorter song through batches of 3 (the last one padded) and through one call.
+    x = synth.generate_clip(2, seconds=8.0 * crop / sr, sample_rate=sr, seed=3, index=1)
+    one_go = predict_lib.Predictor(predictor.cfg, predictor.class_names, predictor.state, batch_size=8)
+    in_threes = predict_lib.Predictor(predictor.cfg, predictor.class_names, predictor.state, batch_size=3)
+    a, b3 = one_go.predict(x), in_threes.predict(x)
+    assert a["windows"] == b3["windows"] == 8
+    np.testing.assert_allclose(b3["window_probs"], a["window_probs"], atol=1e-5)
+    np.testing.assert_allclose(b3["log_probs"], a["log_probs"], atol=1e-5)
+    assert not np.allclose(a["window_probs"][0], a["window_probs"][-1])  # windows really differ
+
+
+def test_sigmoid_head_reports_each_genres_geometric_mean(predictor):
+    # Untrained weights are enough: the claim is about how window outputs become song probabilities.
+    cfg = predictor.cfg.replace(head="sigmoid")
+    net = model_lib.build_model(cfg, len(predictor.class_names))
+    state = steps_lib.create_state(net, steps_lib.make_optimizer(cfg, 1), cfg.crop_samples, seed=1)
+    p = predict_lib.Predictor(cfg, predictor.class_names, state, batch_size=4)
+    x = synth.generate_clip(4, seconds=5.7 * cfg.crop_samples / cfg.sample_rate, sample_rate=cfg.sample_rate,
+                            seed=2, index=0)
+    res = p.predict(x, top=20)
+    w = res["window_probs"]  # [W, C] per-window sigmoid outputs, each in (0, 1), rows not normalised
+    assert res["windows"] == 6 and len(res["top"]) == len(predictor.class_names)
+    assert not np.allclose(w.sum(1), 1.0)
+    np.testing.assert_allclose([res["probabilities"][c] for c in p.class_names], np.exp(np.log(w).mean(0)),
+                               rtol=1e-5)
+
+
+def test_json_and_plot(run_dir, songs, tmp_path, capsys):
+    assert predict_lib.main(["--workdir", run_dir, *songs[:2], "--json", "--top", "2"]) == 0
+    docs = json.loads(capsys.readouterr().out)
+    assert [d["file"] for d in docs] == songs[:2]
+    for d in docs:
+        assert set(d) == {"file", "top", "probabilities", "windows", "seconds"} and len(d["top"]) == 2
+        assert d["top"][0]["probability"] == max(d["probabilities"].values())
+    assert docs[1]["windows"] == 4 and docs[1]["seconds"] == pytest.approx(3.7, abs=1e-3)
+
+    png = str(tmp_path / "timeline.png")
+    assert predict_lib.main(["--workdir", run_dir, songs[2], "--plot", png]) == 0
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{songs[2]}: ") and len(line.split(", ")) == 3
+
+    assert predict_lib.main(["--workdir", run_dir, *songs[:2], "--plot", str(tmp_path / "two.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--plot draws one song" in err[0] and not os.path.exists(tmp_path / "two.png")
+
+
+def edit_json(path, **changes):
+    with open(path) as f:
+        d = json.load(f)
+    d.update(changes)
+    with open(path, "w") as f:
+        json.dump(d, f)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "no such directory"),
+    ("no_checkpoints_dir", "has no checkpoints/"),
+    ("empty_checkpoints", "has no checkpoint in"),
+    ("channels", "does not match the model"),
+    ("cnn", "does not match the model"),
+    ("classes", "does not match the model"),
+    ("bad_config", "conv_channels"),
+])
+def test_bad_workdir_is_one_line_and_left_untouched(case, message, run_dir, songs, tmp_path, capsys):
+    wd = str(tmp_path / "wd")
+    if case != "missing":
+        shutil.copytree(run_dir, wd)
+    if case in ("no_checkpoints_dir", "empty_checkpoints"):
+        shutil.rmtree(os.path.join(wd, "checkpoints"))
+        if case == "empty_checkpoints":
+            os.mkdir(os.path.join(wd, "checkpoints"))
+    if case == "channels":  # the config of another model family member: every conv kernel has another shape
+        edit_json(os.path.join(wd, "config.json"), conv_channels=[4, 8, 8, 8])
+    if case == "cnn":  # no GRU parameters: another tree structure altogether
+        edit_json(os.path.join(wd, "config.json"), model="cnn")
+    if case == "classes":
+        edit_json(os.path.join(wd, "classes.json"), class_names=["a", "b", "c"])
+    if case == "bad_config":
+        edit_json(os.path.join(wd, "config.json"), conv_channels=[4, 8])
+    before = snapshot(wd) if os.path.isdir(wd) else None
+    assert predict_lib.main(["--workdir", wd, songs[0]]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1, captured.err
+    assert lines[0].startswith("crnn_jax.predict: error: ") and message in lines[0], lines[0]
+    assert (snapshot(wd) if os.path.isdir(wd) else None) == before
+
+
+def test_cli_reports_bad_files_and_predicts_the_rest(run_dir, songs, predictor, tmp_path):
+    missing, corrupt = str(tmp_path / "missing.wav"), str(tmp_path / "corrupt.wav")
+    with open(corrupt, "wb") as f:
+        f.write(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    p = run_module("crnn_jax.predict", "--workdir", run_dir, songs[0], missing, corrupt, songs[1], check=False,
+                   timeout=240)
+    assert p.returncode == 1, p.stderr
+    out = p.stdout.strip().splitlines()
+    assert [line.split(": ")[0] for line in out] == [songs[0], songs[1]]
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 2 and "Traceback" not in p.stderr, p.stderr
+    assert missing in err[0] and "no such file" in err[0] and corrupt in err[1]
+
+    wd = str(tmp_path / "wd")  # a checkpoint of another model: refused before orbax reads an array
+    shutil.copytree(run_dir, wd)
+    edit_json(os.path.join(wd, "config.json"), gru_units=[8, 4])
+    p = run_module("crnn_jax.predict", "--workdir", wd, songs[0], check=False, timeout=240)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip().splitlines() == [
+        f"crnn_jax.predict: error: checkpoint {predictor.state.step} in {os.path.join(wd, 'checkpoints')} does not "
+        "match the model that config.json and classes.json describe: params/gru1/cell/hn/bias is (8,) in the "
+        "checkpoint, the model needs (4,)"], p.stderr
