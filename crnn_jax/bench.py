@@ -238,10 +238,6 @@ _PEAK_FLOPS = {
 _N_CLASSES = 10
 
 
-def _peak_flops(device_kind, precision):
-    return next((peaks[precision] for key, peaks in _PEAK_FLOPS.items() if key in device_kind), None)
-
-
 def _torch_reference():
     """experiments/torch_reference.py as a module (it sits beside the package in a checkout), or a reason."""
     try:
@@ -253,8 +249,7 @@ def _torch_reference():
     if not os.path.isfile(path):
         return None, f"{path} not found (run from a checkout): timing jax only"
     spec = importlib.util.spec_from_file_location("torch_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    spec.loader.exec_module(module := importlib.util.module_from_spec(spec))
     return module, None
 
 
@@ -286,7 +281,8 @@ def _jax_runner(cfg, inputs):
     info = {"compile_s": time.perf_counter() - start, "variables": params0,
             "flops": float(cost.get("flops", float("nan"))) * n_dev,
             "bytes": float(cost.get("bytes accessed", float("nan"))) * n_dev,
-            "xla_bytes": mem and int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)}
+            "xla_bytes": mem and n_dev * int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                             + mem.temp_size_in_bytes)}
     box = [state]
 
     def run():
@@ -298,15 +294,11 @@ def _jax_runner(cfg, inputs):
     return run, info
 
 
-def _train_row(name, times, batch, flops, peak):
-    med = float(np.median(times))
-    return {"impl": name, "median_s": med, "min_s": float(min(times)), "clips_per_s": batch / med,
-            "tflops": flops / med / 1e12, "peak_fraction": None if peak is None else flops / med / peak}
-
-
 def bench_train(args):
     """Per-step time of the pmapped training step vs the PyTorch twin over a grid of batch sizes and crop
     lengths; prints one table, optionally writes JSON."""
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     # On a GPU, JAX would otherwise take 75 % of the memory up front and leave torch the rest.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     device = _device()
@@ -316,14 +308,15 @@ def bench_train(args):
                         **({"conv_channels": tuple(args.channels)} if args.channels else {}))
     batch_sizes = args.batch_sizes or ([4, 32, 256] if on_gpu else [4, 32])
     crops = args.crops or ([3.0, 30.0] if on_gpu else [3.0])
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else _peak_flops(device["device_kind"], args.precision)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+        (p[args.precision] for key, p in _PEAK_FLOPS.items() if key in device["device_kind"]), None)
     ref, why_not = _torch_reference()
     versions = {**_versions(), "flax": importlib.metadata.version("flax"), "torch": ref and ref.torch.__version__}
     result = {"command": " ".join(["python -m crnn_jax.bench"] + sys.argv[1:]),
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": device,
-              "versions": versions, "peak_flops": peak, "cpu_count": os.cpu_count(),
+              "versions": versions, "python": platform.python_version(), "peak_flops": peak, "cpus": os.cpu_count(),
               "config": {k: getattr(base, k) for k in ("model", "conv_channels", "gru_units", "precision")},
-              "torch_skipped": why_not, "runs": []}
+              "torch_skipped": why_not, "load_avg_before": os.getloadavg(), "runs": []}
     if why_not:
         print(why_not)
     for crop in crops:
@@ -333,7 +326,8 @@ def bench_train(args):
             jax_run, jinfo = _jax_runner(cfg, inputs)
             runs = {"jax": jax_run}
             if ref is not None:
-                runs["torch"] = ref.make_runner(cfg, _N_CLASSES, jinfo["variables"], inputs, gpu=on_gpu)
+                runs["torch"] = ref.make_runner(cfg, _N_CLASSES, jinfo["variables"], inputs, gpu=on_gpu,
+                                                threads=args.torch_threads or os.cpu_count())
                 torch_first_s = runs["torch"]()  # torch.compile compiles here on a GPU
             for run in runs.values():  # warm-up
                 run(), run()
@@ -344,17 +338,22 @@ def bench_train(args):
             entry = {"crop_s": crop, "batch": batch, "flops_per_step": jinfo["flops"],
                      "bytes_per_step": jinfo["bytes"], "flops_per_clip": jinfo["flops"] / batch,
                      "bytes_per_clip": jinfo["bytes"] / batch, "rows": []}
-            jrow = _train_row("jax", times["jax"], batch, jinfo["flops"], peak)
-            jrow.update(compile_s=jinfo["compile_s"], xla_bytes=jinfo.get("xla_bytes"),
-                        peak_bytes=(jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"))
-            entry["rows"].append(jrow)
+            for name, t in times.items():
+                med = float(np.median(t))
+                row = {"impl": name, "median_s": med, "min_s": float(min(t)), "clips_per_s": batch / med,
+                       "tflops": jinfo["flops"] / med / 1e12,
+                       "peak_fraction": None if peak is None else jinfo["flops"] / med / peak}
+                if name == "jax":
+                    row.update(compile_s=jinfo["compile_s"], xla_bytes=jinfo["xla_bytes"],
+                               peak_bytes=(jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"))
+                else:
+                    row.update(impl="torch (compile)" if on_gpu else "torch (eager)", compile_s=torch_first_s,
+                               peak_bytes=ref.peak_cuda_bytes() if on_gpu else None, threads=ref.torch.get_num_threads())
+                entry["rows"].append(row)
             if ref is not None:
-                trow = _train_row("torch (compile)" if on_gpu else "torch (eager)", times["torch"], batch,
-                                  jinfo["flops"], peak)
-                trow.update(compile_s=torch_first_s, peak_bytes=ref.peak_cuda_bytes() if on_gpu else None)
-                entry["rows"].append(trow)
-                entry["jax_speedup"] = trow["median_s"] / jrow["median_s"]
+                entry["jax_speedup"] = entry["rows"][1]["median_s"] / entry["rows"][0]["median_s"]
             result["runs"].append(entry)
+    result["load_avg_after"] = os.getloadavg()
     _print_train(result, args.repeats)
     if args.json:
         with open(args.json, "w") as f:
@@ -366,7 +365,8 @@ def bench_train(args):
 def _print_train(result, repeats):
     d, c = result["device"], result["config"]
     print(f"training step ({c['model']} {'/'.join(map(str, c['conv_channels']))}, {c['precision']}), "
-          f"{d['backend']} ({d['device_kind']}, {d['n_devices']} device(s)); median of {repeats}, interleaved")
+          f"{d['backend']} ({d['device_kind']}, {d['n_devices']} device(s)); median of {repeats}, interleaved; "
+          f"1-min load {result['load_avg_before'][0]:.2f} -> {result['load_avg_after'][0]:.2f}")
     print(f"{'crop':>5} {'batch':>5} {'impl':<16} {'median s':>9} {'min s':>8} {'clips/s':>8} {'TFLOP/s':>8} "
           f"{'of peak':>8} {'memory':>9} {'compile s':>9}")
     for e in result["runs"]:
@@ -383,8 +383,7 @@ def _print_train(result, repeats):
 
 
 def _add_train_args(parser):
-    ints = lambda s: [int(v) for v in s.split(",")]
-    floats = lambda s: [float(v) for v in s.split(",")]
+    ints, floats = (lambda s: [int(v) for v in s.split(",")]), (lambda s: [float(v) for v in s.split(",")])
     parser.add_argument("--batch-sizes", type=ints, help="global batch sizes (GPU default 4,32,256; CPU 4,32)")
     parser.add_argument("--crops", type=floats, help="crop lengths, s (GPU default 3,30; CPU 3)")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per implementation after warm-up")
@@ -394,6 +393,7 @@ def _add_train_args(parser):
     parser.add_argument("--channels", type=ints, help="conv channels, e.g. 64,128,128,128 (overrides --preset)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, if not in the table")
+    parser.add_argument("--torch-threads", type=int, help="torch CPU threads (default: all cores, as XLA uses)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers here")
 
 

@@ -183,5 +183,5 @@ def default_config(backend: str) -> Config:
     """
     if backend in ("gpu", "cuda", "rocm", "tpu"):
         return Config(synth_clips_per_class=100, synth_seconds=10.0, epochs=20)
-    return Config(conv_channels=(32, 64, 64, 64), synth_clips_per_class=60, synth_seconds=6.0, epochs=12,
+    return Config(conv_channels=(32, 64, 64, 64), synth_clips_per_class=60, synth_seconds=6.0, epochs=8,
                   batch_size=16)

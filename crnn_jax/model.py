@@ -30,6 +30,10 @@ import optax
 from crnn_jax import mel
 
 CHOI_TIME_POOLS = (2, 3, 4, 4)
+# Running averages of BatchNorm statistics: 0.9, not flax's 0.99. Runs here are a few hundred steps, and
+# at 0.99 the averages still carried ~26% of their initial values after 135 steps, so evaluation (which
+# uses them) lagged training badly on some seeds (a CRNN scored 0.475 by song where others scored ~0.9).
+BN_MOMENTUM = 0.9
 
 
 def auto_time_pools(n_frames: int, min_steps: int = 8, base: Sequence[int] = CHOI_TIME_POOLS) -> tuple[int, ...]:
@@ -66,9 +70,10 @@ def _conv_same_cpu(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """_conv_same with a faster kernel gradient on XLA's CPU backend (same values up to summation order).
 
     XLA computes a convolution's kernel gradient as a convolution whose window is the whole feature map
-    (65 x 48 for the second block of a 3 s crop), which its CPU backend runs on one thread at a few
-    GFLOP/s: measured as the largest single cost of a training step. Here it is one matrix product of the
-    im2col patches [pixels, kh * kw * c_in] with the output gradient [pixels, c_out] instead.
+    (65 x 48 for the second block of a 3 s crop). Its CPU backend runs that on one thread, at 16-28
+    GFLOP/s for 64 -> 128 channels at batch 32 (the forward convolution: ~150 on two threads), the largest
+    single cost of a training step. Here it is one matrix product of the im2col patches
+    [pixels, kh * kw * c_in] with the output gradient [pixels, c_out] instead: 2-3x faster there.
     """
     return _conv_same(x, kernel)
 
@@ -95,29 +100,18 @@ def _conv_for_flax(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_
     """ConvBlock's convolution on XLA's CPU backend, with lax.conv_general_dilated's signature for
     nn.Conv(conv_general_dilated=...): lhs [batch, t, f, c_in], rhs [kh, kw, c_in, c_out] -> [batch, t, f, c_out].
 
-    Chosen by shape from timings of whole training steps on a 2-core Zen 4 (32 MB L3):
-    - one input channel (the first block): im2col and a matmul with K = 9; XLA's convolution runs such a
-      layer at a few GFLOP/s;
-    - layer input plus output gradient of >= 16 MB (the second block at batch 32): _conv_same_cpu, whose
-      kernel gradient is a matmul; XLA's own slows down several-fold once they leave the cache;
-    - otherwise XLA's convolution (fastest for small maps and small batches).
+    _conv_same_cpu for wide layers (c_in * c_out >= 64 * 128) whose input plus output gradient exceed
+    16 MiB, e.g. the second block of the Choi-size CRNN at batch 32; XLA's own convolution otherwise,
+    whose kernel gradient was as fast or faster for fewer channels or smaller maps (timed on a 2-core
+    Zen 4 with 32 MB of L3, whole training steps and single layers).
     """
     if tuple(window_strides) != (1, 1) or padding != "SAME" or feature_group_count != 1 or any(
             d not in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation)):
         raise ValueError("ConvBlock's CPU convolution supports stride 1, SAME padding, no dilation, no groups only")
-    kh, kw, c_in, c_out = rhs.shape
-    if c_in == 1:
-        return jnp.matmul(_patches(lhs, kh, kw), rhs.reshape(kh * kw * c_in, c_out))  # [batch, t, f, c_out]
-    if math.prod(lhs.shape[:3]) * (c_in + c_out) * lhs.dtype.itemsize >= 16 * 2**20:
+    _, _, c_in, c_out = rhs.shape
+    if c_in * c_out >= 64 * 128 and math.prod(lhs.shape[:3]) * (c_in + c_out) * lhs.dtype.itemsize > 16 * 2**20:
         return _conv_same_cpu(lhs, rhs)
     return _conv_same(lhs, rhs)
-
-
-def _elu(x: jax.Array) -> jax.Array:
-    """ELU with alpha 1, bit for bit nn.elu: expm1(min(x, 0)) + max(x, 0). Written without a select so that
-    XLA's CPU backend fuses the forward and backward into neighbours instead of materialising a broadcast
-    constant the size of the activations."""
-    return jnp.expm1(jnp.minimum(x, 0.0)) + jnp.maximum(x, 0.0)
 
 
 def _max_pool(x: jax.Array, pool: tuple[int, int]) -> jax.Array:
@@ -145,12 +139,12 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        # On CPU the kernel gradient goes through _conv_same_cpu; accelerators keep XLA's own convolution.
+        # On CPU, _conv_for_flax takes a faster kernel gradient for wide layers; accelerators keep XLA's own.
         conv = _conv_for_flax if jax.default_backend() == "cpu" else None
         x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=conv)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, axis_name=self.axis_name if train else None,
+        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, axis_name=self.axis_name if train else None,
                          dtype=self.dtype)(x)
-        x = _elu(x)
+        x = nn.elu(x)
         x = _max_pool(x, self.pool)
         return nn.Dropout(self.dropout, deterministic=not train)(x)
 
@@ -168,7 +162,7 @@ class Frontend(nn.Module):
     @nn.compact
     def __call__(self, audio: jax.Array, *, train: bool) -> jax.Array:
         x = mel.log_mel_spectrogram(audio.astype(jnp.float32), self.mel_config)  # [batch, frames, n_mels]
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.99,
+        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                          axis_name=self.axis_name if train else None, name="input_norm")(x)
         return x[..., None]  # [batch, frames, n_mels, 1]: one input channel for the 2-D convs
 

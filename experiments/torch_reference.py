@@ -9,8 +9,8 @@ Same computation, layer for layer (see crnn_jax/model.py):
       CRNN: fold freq into channels -> GRU -> GRU (last step) -> Dropout -> Linear
       CNN:  mean over (time, freq) -> Dropout -> Linear
 
-Layout is NCHW with H = time and W = frequency. BatchNorm uses eps 1e-5 and momentum 0.01, torch's name
-for flax's 0.99 (torch keeps 1 - momentum of the old average). Two known differences, neither in the
+Layout is NCHW with H = time and W = frequency. BatchNorm uses eps 1e-5 and momentum 1 - model.BN_MOMENTUM
+(torch keeps 1 - momentum of the old average, flax keeps momentum). Two known differences, neither in the
 forward pass: torch updates the running variance with the unbiased batch variance, flax with the biased
 one (a factor n / (n - 1), n = batch * time * freq); torch's GRU has hidden biases for the r and z gates
 that flax's GRUCell lacks, so they are held at zero (zeroed, gradient masked) and both train the same model.
@@ -37,7 +37,7 @@ from crnn_jax import model as model_lib
 from crnn_jax.data import INT16_SCALE
 
 BN_EPS = 1e-5  # flax's default
-BN_MOMENTUM = 0.01  # torch's convention for flax's momentum=0.99
+BN_MOMENTUM = 1.0 - model_lib.BN_MOMENTUM  # torch weights the new batch statistic, flax the old average
 
 
 class LogMel(nn.Module):
@@ -218,12 +218,12 @@ class TorchTrainStep:
         return loss.detach(), accuracy
 
 
-def make_runner(cfg, n_classes: int, variables: dict[str, Any], inputs, *, gpu: bool):
+def make_runner(cfg, n_classes: int, variables: dict[str, Any], inputs, *, gpu: bool, threads: int | None = None):
     """The training step of `cfg`'s model from flax `variables`, on fixed host inputs (crops int16 [batch,
     samples], gains float32 [batch], labels int [batch]) -> run(): one synchronised step, returns seconds.
 
-    CPU: eager, torch.set_num_threads(all cores). GPU: torch.compile, TF32 convs and matmuls (JAX's default
-    float32 precision there). cfg.precision "bf16" runs the network under bfloat16 autocast.
+    CPU: eager, torch.set_num_threads(threads, default all cores). GPU: torch.compile, TF32 convs and matmuls
+    (JAX's default float32 precision there). cfg.precision "bf16" runs the network under bfloat16 autocast.
     """
     device = torch.device("cuda" if gpu else "cpu")
     if gpu:
@@ -231,7 +231,7 @@ def make_runner(cfg, n_classes: int, variables: dict[str, Any], inputs, *, gpu: 
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats()
     else:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads or os.cpu_count() or 1)
     net = load_flax_variables(build_torch_model(cfg, n_classes), variables).to(device)
     step = TorchTrainStep(net, learning_rate=cfg.learning_rate, decay=cfg.rms_decay, momentum=cfg.momentum,
                           eps=cfg.eps, compile=gpu, autocast=torch.bfloat16 if cfg.precision == "bf16" else None)

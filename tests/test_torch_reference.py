@@ -99,7 +99,7 @@ def test_one_training_step_matches():
     for _ in range(2):
         loss, _ = step(torch.from_numpy(crops), torch.from_numpy(gains), torch.from_numpy(labels).long())
     np.testing.assert_allclose(loss.item(), float(metrics["loss"][0]), rtol=1e-4)  # train-mode forward
-    # Running averages: flax's momentum 0.99 is torch's 0.01. (torch's variance is unbiased: a factor
+    # Running averages: flax's momentum m is torch's 1 - m. (torch's variance is unbiased: a factor
     # n / (n - 1) on each batch variance, n = 4 * 14 * 48 here, well inside rtol.)
     stats = state.batch_stats["convs"]["conv1"]["BatchNorm_0"]
     bn = twin.blocks[1][1]
