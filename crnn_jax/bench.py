@@ -4,8 +4,9 @@
     python -m crnn_jax.bench train [--batch-sizes 4,32,256] [--crops 3,30] [--preset choi|cpu] [--json FILE]
 
 `mel`: the jitted log-mel front end (mel.log_mel_spectrogram, default MelConfig) beside librosa doing the
-same work clip by clip in the same run. `train`: the real training step (steps.parallel(make_train_step))
-beside the PyTorch twin in experiments/torch_reference.py, same shapes, weights and inputs. To add a subcommand, write `bench_<name>(args)` and register it
+same work clip by clip in the same run. `train`: the training call train.py makes
+(steps.parallel(make_multi_step(make_train_step))) beside the PyTorch twin in experiments/torch_reference.py,
+same shapes, weights and inputs. To add a subcommand, write `bench_<name>(args)` and register it
 in `_SUBCOMMANDS` with a function that adds its options.
 """
 
@@ -261,9 +262,11 @@ def _train_inputs(cfg, batch, seed=0):
     return crops, gains, rng.integers(0, _N_CLASSES, batch).astype(np.int32)
 
 
-def _jax_runner(cfg, inputs):
-    """steps.parallel(make_train_step) compiled for one batch shape -> (run() -> seconds, info dict).
-    run() takes one training step from the current state (threaded through) and waits for it."""
+def _jax_runner(cfg, inputs, steps_per_call=1):
+    """The training call train.py makes (steps.parallel(make_multi_step(make_train_step)), crops from the
+    host) compiled for one batch shape -> (run() -> seconds per step, info dict). run() takes
+    `steps_per_call` training steps (on the same batch) in one call from the current state (threaded
+    through), waits for them, and returns the time per step; info's FLOPs and bytes are per step."""
     n_dev = jax.device_count()
     if cfg.batch_size % n_dev:
         raise ValueError(f"--batch-sizes: {cfg.batch_size} is not divisible by the {n_dev} devices")
@@ -271,14 +274,23 @@ def _jax_runner(cfg, inputs):
     tx = steps.make_optimizer(cfg, 1000)
     state = steps.place_state(steps.create_state(net, tx, cfg.crop_samples, cfg.seed))
     params0 = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    batch = jax.device_put({k: steps.shard(v, n_dev) for k, v in zip(("crops", "gains", "labels"), inputs)})
-    p_train = steps.parallel(steps.make_train_step(net, tx, head=cfg.head, seed=cfg.seed), state_out=True)
+    k = steps_per_call
+    per_call = lambda v: np.repeat(steps.shard(v, n_dev)[:, None], k, axis=1)  # [devices, k, per_device, ...]
+    batch = jax.device_put({name: per_call(v) for name, v in zip(("crops", "gains", "labels"), inputs)})
+    audio = steps.place_state(jnp.zeros((1, 1), jnp.int16))  # the resident data set: unused with host crops
+    p_train = steps.parallel(steps.make_multi_step(steps.make_train_step(net, tx, head=cfg.head, seed=cfg.seed),
+                                                   cfg.crop_samples), n_broadcast=2, state_out=True)
     start = time.perf_counter()
-    compiled = p_train.lower(state, batch).compile()
-    cost = compiled.cost_analysis()
+    compiled = p_train.lower(state, audio, batch).compile()
+    compile_s = time.perf_counter() - start
+    # XLA's cost analysis counts a while loop's body once, so the K-step scan costs what one step does;
+    # count one step's program. (The GRU's recurrence is such a loop too: one time step of it is
+    # counted, under 0.1 % of a step's FLOPs at these sizes.)
+    one_step = compiled if k == 1 else p_train.lower(state, audio, jax.tree.map(lambda x: x[:, :1], batch)).compile()
+    cost = one_step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one device's program: times n_dev
     mem = compiled.memory_analysis()
-    info = {"compile_s": time.perf_counter() - start, "variables": params0,
+    info = {"compile_s": compile_s, "variables": params0,
             "flops": float(cost.get("flops", float("nan"))) * n_dev,
             "bytes": float(cost.get("bytes accessed", float("nan"))) * n_dev,
             "xla_bytes": mem and n_dev * int(mem.argument_size_in_bytes + mem.output_size_in_bytes
@@ -287,9 +299,9 @@ def _jax_runner(cfg, inputs):
 
     def run():
         t = time.perf_counter()
-        box[0], metrics = compiled(box[0], batch)
+        box[0], metrics = compiled(box[0], audio, batch)
         jax.block_until_ready((box[0], metrics))
-        return time.perf_counter() - t
+        return (time.perf_counter() - t) / k
 
     return run, info
 
@@ -299,6 +311,8 @@ def bench_train(args):
     lengths; prints one table, optionally writes JSON."""
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.steps_per_call < 1:
+        raise ValueError(f"--steps-per-call must be >= 1, got {args.steps_per_call}")
     # On a GPU, JAX would otherwise take 75 % of the memory up front and leave torch the rest.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     device = _device()
@@ -316,6 +330,7 @@ def bench_train(args):
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": device,
               "versions": versions, "python": platform.python_version(), "peak_flops": peak, "cpus": os.cpu_count(),
               "config": {k: getattr(base, k) for k in ("model", "conv_channels", "gru_units", "precision")},
+              "steps_per_call": args.steps_per_call,
               "torch_skipped": why_not, "load_avg_before": os.getloadavg(), "runs": []}
     if why_not:
         print(why_not)
@@ -323,7 +338,7 @@ def bench_train(args):
         for batch in batch_sizes:
             cfg = base.replace(crop_seconds=crop, batch_size=batch)
             inputs = _train_inputs(cfg, batch)
-            jax_run, jinfo = _jax_runner(cfg, inputs)
+            jax_run, jinfo = _jax_runner(cfg, inputs, args.steps_per_call)
             runs = {"jax": jax_run}
             if ref is not None:
                 runs["torch"] = ref.make_runner(cfg, _N_CLASSES, jinfo["variables"], inputs, gpu=on_gpu,
@@ -392,6 +407,8 @@ def _add_train_args(parser):
     parser.add_argument("--model", choices=("crnn", "cnn"), default="crnn")
     parser.add_argument("--channels", type=ints, help="conv channels, e.g. 64,128,128,128 (overrides --preset)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--steps-per-call", type=int, default=1,
+                        help="JAX training steps per device call (lax.scan), as train.py's flag; times are per step")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, if not in the table")
     parser.add_argument("--torch-threads", type=int, help="torch CPU threads (default: all cores, as XLA uses)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers here")
@@ -411,8 +428,13 @@ def main(argv=None):
         add_args(sub.add_parser(name, help=help_text))
         sub.choices[name].set_defaults(func=run)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ValueError as e:  # a bad flag value: one line, no traceback
+        print(f"crnn_jax.bench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

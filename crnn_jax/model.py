@@ -67,13 +67,16 @@ def _patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
 
 @jax.custom_vjp
 def _conv_same_cpu(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """_conv_same with a faster kernel gradient on XLA's CPU backend (same values up to summation order).
+    """_conv_same with a gradient XLA's CPU backend runs fast (same values up to summation order).
 
     XLA computes a convolution's kernel gradient as a convolution whose window is the whole feature map
-    (65 x 48 for the second block of a 3 s crop). Its CPU backend runs that on one thread, at 16-28
-    GFLOP/s for 64 -> 128 channels at batch 32 (the forward convolution: ~150 on two threads), the largest
-    single cost of a training step. Here it is one matrix product of the im2col patches
-    [pixels, kh * kw * c_in] with the output gradient [pixels, c_out] instead: 2-3x faster there.
+    (65 x 48 for the second block of a 3 s crop), and depending on the surrounding program its layout
+    assignment leaves that convolution, and the input gradient's, in dimension orders (f01b_i01o,
+    01oi) that its CPU runtime executes several times slower: the same CPU-preset training step (batch 16)
+    took 0.26 s on its own and 2.7 s inside a length-1 lax.scan, as train.py runs it; the Choi-size step
+    at batch 32 there took 9.8 s, and 1.4 s with this function. Here the kernel gradient is one matrix
+    product of the im2col patches [pixels, kh * kw * c_in] with the output gradient [pixels, c_out], and
+    the input gradient a plain convolution with a materialised flipped kernel: the fast form every time.
     """
     return _conv_same(x, kernel)
 
@@ -85,8 +88,12 @@ def _conv_same_cpu_fwd(x, kernel):
 def _conv_same_cpu_bwd(residuals, g):
     x, kernel = residuals
     kh, kw, c_in, c_out = kernel.shape
-    _, input_grad = jax.vjp(lambda x: _conv_same(x, kernel), x)  # XLA's own input gradient: fast already
-    (dx,) = input_grad(g)
+    # The input gradient of a stride-1 SAME convolution with an odd kernel is the same convolution of g
+    # with the kernel flipped in space and its channel axes swapped. The barrier keeps that small
+    # [kh, kw, c_out, c_in] kernel materialised: folded into the convolution's dimension labels instead,
+    # XLA:CPU sometimes picks the slow kernel layout (01oi).
+    flipped = jax.lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))  # [kh, kw, c_out, c_in]
+    dx = _conv_same(g, flipped)  # [batch, t, f, c_in]
     patches = _patches(x, kh, kw).reshape(-1, kh * kw * c_in)  # [pixels, kh * kw * c_in]
     dk = jnp.matmul(patches.T, g.reshape(-1, c_out), preferred_element_type=jnp.float32)  # [kh * kw * c_in, c_out]
     return dx, dk.reshape(kernel.shape).astype(kernel.dtype)  # [kh, kw, c_in, c_out]
@@ -95,23 +102,31 @@ def _conv_same_cpu_bwd(residuals, g):
 _conv_same_cpu.defvjp(_conv_same_cpu_fwd, _conv_same_cpu_bwd)
 
 
+def _conv_same_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """_conv_same as one matrix product of the im2col patches, differentiated by XLA: the fast form on
+    XLA:CPU for few input channels (the first block's one), whose patches are small and whose direct
+    convolution runs at ~6 GFLOP/s there (Choi size, batch 32: 0.13 s instead of 0.23 s forward and
+    backward). x [batch, t, f, c_in], kernel [kh, kw, c_in, c_out] -> [batch, t, f, c_out]."""
+    b, t, f, _ = x.shape
+    kh, kw, c_in, c_out = kernel.shape
+    patches = _patches(x, kh, kw).reshape(-1, kh * kw * c_in)  # [pixels, kh * kw * c_in]
+    y = jnp.matmul(patches, kernel.reshape(kh * kw * c_in, c_out), preferred_element_type=jnp.float32)
+    return y.astype(x.dtype).reshape(b, t, f, c_out)  # [batch, t, f, c_out]
+
+
 def _conv_for_flax(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                    feature_group_count=1, **unused):
     """ConvBlock's convolution on XLA's CPU backend, with lax.conv_general_dilated's signature for
     nn.Conv(conv_general_dilated=...): lhs [batch, t, f, c_in], rhs [kh, kw, c_in, c_out] -> [batch, t, f, c_out].
-
-    _conv_same_cpu for wide layers (c_in * c_out >= 64 * 128) whose input plus output gradient exceed
-    16 MiB, e.g. the second block of the Choi-size CRNN at batch 32; XLA's own convolution otherwise,
-    whose kernel gradient was as fast or faster for fewer channels or smaller maps (timed on a 2-core
-    Zen 4 with 32 MB of L3, whole training steps and single layers).
-    """
+    _conv_same_im2col for at most 4 input channels, _conv_same_cpu otherwise (timings in their docstrings)."""
+    kh, kw = rhs.shape[:2]
     if tuple(window_strides) != (1, 1) or padding != "SAME" or feature_group_count != 1 or any(
-            d not in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation)):
-        raise ValueError("ConvBlock's CPU convolution supports stride 1, SAME padding, no dilation, no groups only")
-    _, _, c_in, c_out = rhs.shape
-    if c_in * c_out >= 64 * 128 and math.prod(lhs.shape[:3]) * (c_in + c_out) * lhs.dtype.itemsize > 16 * 2**20:
-        return _conv_same_cpu(lhs, rhs)
-    return _conv_same(lhs, rhs)
+            d not in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation)) or not (kh % 2 and kw % 2):
+        raise ValueError("ConvBlock's CPU convolution supports odd kernels, stride 1, SAME padding, "
+                         "no dilation, no groups only")
+    if rhs.shape[2] <= 4:
+        return _conv_same_im2col(lhs, rhs)
+    return _conv_same_cpu(lhs, rhs)
 
 
 def _max_pool(x: jax.Array, pool: tuple[int, int]) -> jax.Array:
@@ -139,7 +154,7 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        # On CPU, _conv_for_flax takes a faster kernel gradient for wide layers; accelerators keep XLA's own.
+        # On CPU, _conv_for_flax takes gradients XLA:CPU runs fast; accelerators keep XLA's own.
         conv = _conv_for_flax if jax.default_backend() == "cpu" else None
         x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=conv)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, axis_name=self.axis_name if train else None,

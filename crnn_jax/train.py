@@ -39,6 +39,9 @@ class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+# Validation accuracy (by song) whose first crossing results.json reports as wall time from the start.
+TARGET_ACCURACY = 0.9
+
 # Fields a resumed run may change: they decide how long and how often, not what is learned.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "checkpoint_every", "eval_every", "workdir", "cache_dir",
                      "steps_per_call", "data_placement", "device_data_gb"}
@@ -126,6 +129,7 @@ def train(cfg: Config, *, log=print) -> dict:
     With several processes (distributed.initialize) every process calls this; process 0 alone logs and
     writes the workdir's files, all of them train, evaluate and save checkpoints together.
     """
+    t_start = time.time()
     workdir = cfg.resolved_workdir()
     n_dev, n_proc, primary = jax.device_count(), jax.process_count(), dist.is_primary()
     if cfg.batch_size % n_dev:
@@ -161,15 +165,21 @@ def train(cfg: Config, *, log=print) -> dict:
 
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    # Wall times live apart from metrics.jsonl, which two runs of one config reproduce bit for bit.
+    timing_path = os.path.join(workdir, "timing.jsonl")
     start = 0
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
         start = int(state.step)
-        if primary:
-            report.truncate_metrics(metrics_path, start)
         log(f"resumed from checkpoint at step {start}")
-    elif primary and os.path.exists(metrics_path):
-        report.truncate_metrics(metrics_path, 0)  # a run that died before its first checkpoint
+    if primary:
+        for path in (metrics_path, timing_path):  # drop what came after the checkpoint (or everything)
+            if os.path.exists(path):
+                report.truncate_metrics(path, start)
+    # A resumed run counts on from the wall time logged at its checkpoint's step (time spent dead excluded).
+    clock0 = t_start
+    if primary and os.path.exists(timing_path):
+        clock0 -= max((r["seconds"] for r in report.read_metrics(timing_path)), default=0.0)
 
     state = steps_lib.place_state(state)
     p_train = steps_lib.parallel(
@@ -182,6 +192,12 @@ def train(cfg: Config, *, log=print) -> dict:
     ckpt_every = -(-cfg.checkpoint_every // cfg.log_every) * cfg.log_every
     feed = feed_lib.make_feed(ds, cfg, train_songs, n_dev, local=local, log=log)
     append_metrics = report.append_metrics if primary else lambda *_: None
+
+    def log_eval(step: int, ev: dict) -> None:
+        append_metrics(metrics_path, {"step": step, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
+                                      "eval_window_accuracy": ev["window_accuracy"]})
+        append_metrics(timing_path, {"step": step, "seconds": round(time.time() - clock0, 3),
+                                     "eval_accuracy": ev["accuracy"]})
 
     pending: list = []  # (first step, device metrics [devices, k]) not yet checked and written
 
@@ -216,9 +232,7 @@ def train(cfg: Config, *, log=print) -> dict:
             flush()
         if done % eval_every == 0 and len(split["valid"]) and done != total:
             flush()
-            ev = evaluate(state, split["valid"])
-            append_metrics(metrics_path, {"step": done, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
-                                          "eval_window_accuracy": ev["window_accuracy"]})
+            log_eval(done, evaluate(state, split["valid"]))
         if done % ckpt_every == 0 or done == total:
             flush()
             ckpt.save(done, state)
@@ -231,8 +245,7 @@ def train(cfg: Config, *, log=print) -> dict:
         if len(split[name]):
             ev = evaluate(state, split[name])
             if name == "valid":
-                append_metrics(metrics_path, {"step": total, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
-                                              "eval_window_accuracy": ev["window_accuracy"]})
+                log_eval(total, ev)
             results[name] = ev
     test = results["test"]
     results.update(test_accuracy=test["accuracy"], test_window_accuracy=test["window_accuracy"],
@@ -240,6 +253,7 @@ def train(cfg: Config, *, log=print) -> dict:
                    test_songs=[ds.names[i] for i in split["test"]])
     if not primary:
         return results
+    results["time_to_accuracy"] = time_to_accuracy(report.read_metrics(timing_path), TARGET_ACCURACY)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     report.plot_confusion(np.array(test["confusion"]), ds.class_names, os.path.join(workdir, "confusion.png"),
@@ -248,6 +262,15 @@ def train(cfg: Config, *, log=print) -> dict:
     log(f"test accuracy {test['accuracy']:.4f} by song ({test['n_songs']} songs), {test['window_accuracy']:.4f} "
         f"by window; {train_seconds:.1f} s of training; results in {workdir}")
     return results
+
+
+def time_to_accuracy(timing: list[dict], target: float) -> dict:
+    """The first validation pass at or above `target` song accuracy, from timing.jsonl rows -> {"target",
+    "step", "seconds"} (seconds: wall time from the start of train(), data loading and compilation
+    included; after a kill and resume, the time from the last validation pass before the checkpoint to
+    the restart is not counted; step and seconds None if never reached)."""
+    hit = next((r for r in timing if r["eval_accuracy"] >= target), None)
+    return {"target": target, "step": hit and hit["step"], "seconds": hit and hit["seconds"]}
 
 
 def _progress(total: int, start: int, primary: bool = True):

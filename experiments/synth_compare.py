@@ -10,4 +10,4 @@ Measured: see experiments/README.md (synthetic data only; says nothing about rea
 from crnn_jax.config import Config
 
 config = Config(conv_channels=(16, 32, 32, 32), gru_units=(16, 16), synth_clips_per_class=20, synth_seconds=4.0,
-                crop_seconds=2.0, batch_size=16, epochs=15, log_every=9, checkpoint_every=135)
+                crop_seconds=2.0, batch_size=16, epochs=15, log_every=9, checkpoint_every=135, steps_per_call=9)

@@ -71,7 +71,7 @@ def results(workdir):
     """results.json less what differs between any two runs (time) and says how a run began."""
     with open(os.path.join(workdir, "results.json")) as f:
         r = json.load(f)
-    r.pop("train_seconds"), r.pop("resumed_from")
+    r.pop("train_seconds"), r.pop("resumed_from"), r.pop("time_to_accuracy")
     return r
 
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, run_module
 from crnn_jax import config as config_lib
 from crnn_jax import data as data_lib
+from crnn_jax import report
 from crnn_jax import train as train_lib
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
@@ -77,6 +78,8 @@ def test_kill_and_resume_ends_identical(tmp_path):
     out = run_module("crnn_jax.train", *args, "--workdir", wd)
     assert "resumed from checkpoint at step" in out.stdout
     assert metrics(wd) == metrics(ref)  # bit-identical: every loss, accuracy and eval line
+    steps_timed = lambda d: [r["step"] for r in report.read_metrics(os.path.join(d, "timing.jsonl"))]
+    assert steps_timed(wd) == steps_timed(ref)  # nothing logged twice after the resume
     r1, r2 = load_json(ref, "results.json"), load_json(wd, "results.json")
     assert r1["test"]["confusion"] == r2["test"]["confusion"] and r1["test_accuracy"] == r2["test_accuracy"]
 
@@ -116,6 +119,12 @@ def test_run_writes_every_artifact_and_does_not_recompile(tmp_path, monkeypatch)
     assert set(saved["test"]["per_class"]) == set(saved["class_names"])
     rows = metrics(wd)
     assert all({"step", "train_loss", "train_accuracy"} <= set(r) for r in rows if "train_loss" in r)
+    # Wall times: one timing line per validation pass, rising, and the first crossing of the target reported.
+    timing = report.read_metrics(os.path.join(wd, "timing.jsonl"))
+    evals = [r for r in rows if "eval_accuracy" in r]
+    assert [(t["step"], t["eval_accuracy"]) for t in timing] == [(r["step"], r["eval_accuracy"]) for r in evals]
+    assert all(0 < a["seconds"] <= b["seconds"] for a, b in zip(timing, timing[1:]))
+    assert saved["time_to_accuracy"] == train_lib.time_to_accuracy(timing, train_lib.TARGET_ACCURACY)
     assert any({"step", "eval_loss", "eval_accuracy"} <= set(r) for r in rows)
     # Test songs and training songs never overlap (split by song).
     split = load_json(wd, "split.json")
@@ -176,3 +185,10 @@ def test_preset_then_flags_override():
     cfg = train_lib.parse_config(["--config", SMOKE, "--learning-rate", "0.01", "--model", "cnn"])
     assert cfg.learning_rate == 0.01 and cfg.model == "cnn" and cfg.conv_channels == (8, 16, 16, 16)
     assert train_lib.parse_config([]) == config_lib.default_config(jax.default_backend())
+
+
+def test_time_to_accuracy_is_the_first_crossing():
+    rows = [{"step": 10, "seconds": 5.0, "eval_accuracy": 0.5}, {"step": 20, "seconds": 9.0, "eval_accuracy": 0.9},
+            {"step": 30, "seconds": 12.0, "eval_accuracy": 0.95}]
+    assert train_lib.time_to_accuracy(rows, 0.9) == {"target": 0.9, "step": 20, "seconds": 9.0}
+    assert train_lib.time_to_accuracy(rows, 0.99) == {"target": 0.99, "step": None, "seconds": None}
