@@ -71,21 +71,33 @@ def cache_dir(cfg_cache_dir: str = "") -> str:
                                                                              "crnn_jax")
 
 
-def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-    """Write an .npz so that a reader sees the old file or the complete new one, never a partial one."""
+def _write_atomic(path: str, tmp: str, write) -> None:
+    """write(tmp), then rename it to path: a reader sees the old file or the complete new one, never a
+    partial one, and a failed write (disk full, interrupted) leaves neither a partial file nor the temporary."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+    """np.savez to `path`, atomically (see _write_atomic)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _write_atomic(path, f"{path}.tmp{os.getpid()}", write)
 
 
 def save_npy_atomic(path: str, array: np.ndarray) -> None:
-    """Write an .npy so that a reader sees the old file or the complete new one, never a partial one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npy"  # ends in .npy, so np.save keeps the name
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """np.save to `path`, atomically (see _write_atomic)."""
+    # The temporary ends in .npy, so np.save keeps its name.
+    _write_atomic(path, f"{path}.tmp{os.getpid()}.npy", lambda tmp: np.save(tmp, array))
 
 
 def synthetic(*, clips_per_class: int, seconds: float, sample_rate: int, seed: int, cache: str = "") -> Dataset:

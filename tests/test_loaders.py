@@ -398,3 +398,30 @@ def test_train_end_to_end_from_the_real_sample(tmp_path):
                    "--workdir", wd, "--max-steps", "4")
     assert "split fault-filtered: train 3, valid 5, test 2" in p.stdout + p.stderr
     check_run(wd, 2, [f"{g}/{g}.00000.wav" for g in GENRES])
+
+
+@pytest.mark.parametrize("save", ["npy", "npz"])
+def test_a_failed_cache_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, save):
+    from crnn_jax import data as data_lib
+
+    path = str(tmp_path / f"cache.{save}")
+    write = (lambda a: data_lib.save_npy_atomic(path, a)) if save == "npy" else \
+        (lambda a: data_lib.save_npz_atomic(path, audio=a))
+    write(np.arange(4))
+    with open(path, "rb") as f:
+        old = f.read()
+
+    def full_disk(file, *a, **k):  # writes a little, then fails as a full disk would
+        if isinstance(file, str):
+            with open(file, "wb") as f:
+                f.write(b"partial")
+        else:
+            file.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save" if save == "npy" else "savez", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write(np.arange(8))
+    with open(path, "rb") as f:
+        assert f.read() == old
+    assert os.listdir(tmp_path) == [f"cache.{save}"]
