@@ -182,9 +182,11 @@ def default_config(backend: str) -> Config:
     so that the run finishes in a few minutes on a laptop; the choice is printed with the config. The CPU
     run takes 9 steps per device call (a third of its 27-step epoch, logging at the same interval so every
     call has the same length and compiles once): one step per call lost 20-60 ms a call to per-call
-    overhead there (experiments/BENCHMARKS.md); the metrics are the same either way.
+    overhead there (experiments/BENCHMARKS.md); the metrics are the same either way. The GPU run takes 11
+    (half its 22-step epoch) for the same reason, where launch latency costs more (not yet measured: no
+    GPU has been available to this project).
     """
     if backend in ("gpu", "cuda", "rocm", "tpu"):
-        return Config(synth_clips_per_class=100, synth_seconds=10.0, epochs=20)
+        return Config(synth_clips_per_class=100, synth_seconds=10.0, epochs=20, steps_per_call=11, log_every=11)
     return Config(conv_channels=(32, 64, 64, 64), synth_clips_per_class=60, synth_seconds=6.0, epochs=8,
                   batch_size=16, steps_per_call=9, log_every=9)

@@ -76,3 +76,17 @@ def test_steps_per_call_and_placement_do_not_change_the_metrics(tmp_path):
 def test_bad_placement_is_a_config_error():
     with pytest.raises(config_lib.ConfigError, match="--data-placement must be one of"):
         config_lib.Config(data_placement="gpu")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_default_runs_make_calls_of_one_length(backend):
+    # Every call the no-argument run makes has steps_per_call steps, so the K-step program compiles once.
+    cfg = config_lib.default_config(backend)
+    labels = np.repeat(np.arange(10), cfg.synth_clips_per_class)
+    split = data_lib.random_split(labels, test_fraction=cfg.test_fraction, valid_fraction=cfg.valid_fraction,
+                                  seed=cfg.seed)
+    spe = data_lib.steps_per_epoch(len(split["train"]), cfg.batch_size)
+    total = cfg.epochs * spe
+    ckpt_every = -(-cfg.checkpoint_every // cfg.log_every) * cfg.log_every  # as train.py rounds it
+    chunks = feed_lib.plan(0, total, cfg.steps_per_call, [cfg.log_every, spe, ckpt_every])
+    assert cfg.steps_per_call > 1 and {k for _, k in chunks} == {cfg.steps_per_call}
