@@ -58,11 +58,13 @@ def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
-    """The SAME-padded kh x kw neighbourhood of every pixel: [batch, t, f, c] -> [batch, t, f, kh * kw * c],
-    ordered (dt, df, c) like the rows of an HWIO kernel reshaped to [kh * kw * c_in, c_out]."""
-    _, t, f, _ = x.shape
+    """The im2col matrix: the SAME-padded kh x kw neighbourhood of every pixel, [batch, t, f, c] ->
+    [batch * t * f, kh * kw * c], each row ordered (dt, df, c) like an HWIO kernel reshaped to
+    [kh * kw * c_in, c_out]."""
+    b, t, f, c = x.shape
     xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))  # [batch, t + kh - 1, f + kw - 1, c]
-    return jnp.concatenate([xp[:, i:i + t, j:j + f] for i in range(kh) for j in range(kw)], axis=-1)
+    cols = jnp.concatenate([xp[:, i:i + t, j:j + f] for i in range(kh) for j in range(kw)], axis=-1)
+    return cols.reshape(b * t * f, kh * kw * c)  # [pixels, kh * kw * c]
 
 
 @jax.custom_vjp
@@ -94,7 +96,7 @@ def _conv_same_cpu_bwd(residuals, g):
     # XLA:CPU sometimes picks the slow kernel layout (01oi).
     flipped = jax.lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))  # [kh, kw, c_out, c_in]
     dx = _conv_same(g, flipped)  # [batch, t, f, c_in]
-    patches = _patches(x, kh, kw).reshape(-1, kh * kw * c_in)  # [pixels, kh * kw * c_in]
+    patches = _patches(x, kh, kw)  # [pixels, kh * kw * c_in]
     dk = jnp.matmul(patches.T, g.reshape(-1, c_out), preferred_element_type=jnp.float32)  # [kh * kw * c_in, c_out]
     return dx, dk.reshape(kernel.shape).astype(kernel.dtype)  # [kh, kw, c_in, c_out]
 
@@ -109,8 +111,7 @@ def _conv_same_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
     backward). x [batch, t, f, c_in], kernel [kh, kw, c_in, c_out] -> [batch, t, f, c_out]."""
     b, t, f, _ = x.shape
     kh, kw, c_in, c_out = kernel.shape
-    patches = _patches(x, kh, kw).reshape(-1, kh * kw * c_in)  # [pixels, kh * kw * c_in]
-    y = jnp.matmul(patches, kernel.reshape(kh * kw * c_in, c_out), preferred_element_type=jnp.float32)
+    y = jnp.matmul(_patches(x, kh, kw), kernel.reshape(kh * kw * c_in, c_out), preferred_element_type=jnp.float32)
     return y.astype(x.dtype).reshape(b, t, f, c_out)  # [batch, t, f, c_out]
 
 

@@ -187,9 +187,7 @@ def train(cfg: Config, *, log=print) -> dict:
         n_broadcast=2, state_out=True)
     evaluate = Evaluator(cfg, ds, steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head, gather=True),
                                                      state_out=False), n_dev, local)
-    eval_every = cfg.eval_every or spe
-    # Checkpoints fall on log boundaries, so a resumed run logs exactly the lines an unbroken one does.
-    ckpt_every = -(-cfg.checkpoint_every // cfg.log_every) * cfg.log_every
+    eval_every, ckpt_every = intervals(cfg, spe)
     feed = feed_lib.make_feed(ds, cfg, train_songs, n_dev, local=local, log=log)
     append_metrics = report.append_metrics if primary else lambda *_: None
 
@@ -262,6 +260,12 @@ def train(cfg: Config, *, log=print) -> dict:
     log(f"test accuracy {test['accuracy']:.4f} by song ({test['n_songs']} songs), {test['window_accuracy']:.4f} "
         f"by window; {train_seconds:.1f} s of training; results in {workdir}")
     return results
+
+
+def intervals(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
+    """Steps between validation passes and between checkpoints. Checkpoints fall on log boundaries (the
+    configured interval rounded up), so a resumed run logs exactly the lines an unbroken one does."""
+    return cfg.eval_every or steps_per_epoch, -(-cfg.checkpoint_every // cfg.log_every) * cfg.log_every
 
 
 def time_to_accuracy(timing: list[dict], target: float) -> dict:

@@ -86,7 +86,5 @@ def test_default_runs_make_calls_of_one_length(backend):
     split = data_lib.random_split(labels, test_fraction=cfg.test_fraction, valid_fraction=cfg.valid_fraction,
                                   seed=cfg.seed)
     spe = data_lib.steps_per_epoch(len(split["train"]), cfg.batch_size)
-    total = cfg.epochs * spe
-    ckpt_every = -(-cfg.checkpoint_every // cfg.log_every) * cfg.log_every  # as train.py rounds it
-    chunks = feed_lib.plan(0, total, cfg.steps_per_call, [cfg.log_every, spe, ckpt_every])
+    chunks = feed_lib.plan(0, cfg.epochs * spe, cfg.steps_per_call, [cfg.log_every, *train_lib.intervals(cfg, spe)])
     assert cfg.steps_per_call > 1 and {k for _, k in chunks} == {cfg.steps_per_call}
