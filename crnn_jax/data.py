@@ -1,10 +1,11 @@
 """Audio in memory, splits by song, and the pure batch sampler.
 
-A `Dataset` is every song of a collection as int16 rows (16-bit, like the files; half the memory of
-float32, so GTZAN is ~1.3 GB) with lengths, labels and names. Training never sees a file: it sees
+A `Dataset` is every song of a collection end to end in one int16 array (16-bit, like the files; half
+the memory of float32, so GTZAN is ~0.6 GB; nothing is padded to the longest song) with per-song offsets,
+lengths, labels and names. Training never sees a file: it sees
 
     sample_batch(seed, step, ...) -> Batch(songs, offsets, gains)     a pure function of (seed, step)
-    gather_crops(audio, batch, crop) -> int16 [batch, crop]            host-side slicing
+    Dataset.crops(songs, offsets, crop) -> int16 [batch, crop]        host-side slicing (gather_crops)
 
 so a run resumed at step s, or split over several devices or hosts, takes exactly the same examples in
 the same order. Splits are always by song: every window of a song lands on the same side.
@@ -31,14 +32,20 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Songs as padded int16 rows.
+    """Every song end to end in one int16 array: memory follows the audio, whatever the spread of lengths.
 
-    audio: [n_songs, max_samples] int16, zero-padded past each song's length.
-    lengths: [n_songs] int64, samples of real audio per song (>= 1).
+    audio: [total_samples] int16, song i is audio[offsets[i] : offsets[i] + lengths[i]] (often a read-only
+        memory map of the cache: pages are read when sliced).
+    lengths: [n_songs] int64, samples of each song (>= 1).
     labels: [n_songs] int32 in [0, len(class_names)).
     names: song ids (relative paths for files), used by split lists and reports.
     class_names: genre names, index = label.
     sample_rate: Hz.
+    offsets: [n_songs] int64, first sample of each song in `audio`; None = songs back to back in order.
+
+    Given 2-D audio [n_songs, samples] (rows zero-padded past each length, the older layout), the rows
+    are cut to their lengths and laid end to end. A crop never reads past its song: samples after a
+    song's end read as zeros (see crops), so no song is padded, not even to one crop.
     """
 
     audio: np.ndarray
@@ -47,22 +54,46 @@ class Dataset:
     names: tuple[str, ...]
     class_names: tuple[str, ...]
     sample_rate: int
+    offsets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.names)
-        if not (self.audio.shape[0] == self.lengths.shape[0] == self.labels.shape[0] == n):
-            raise ValueError(f"Dataset: {n} names but audio {self.audio.shape}, lengths {self.lengths.shape}, "
-                             f"labels {self.labels.shape}")
+        lengths = np.asarray(self.lengths, np.int64)
+        if not (lengths.shape == (n,) and np.shape(self.labels) == (n,)):
+            raise ValueError(f"Dataset: {n} names but lengths {lengths.shape}, labels {np.shape(self.labels)}")
+        audio, offsets = self.audio, self.offsets
+        if audio.ndim == 2:  # padded rows -> end to end
+            if audio.shape[0] != n or (n and lengths.max() > audio.shape[1]):
+                raise ValueError(f"Dataset: rows {audio.shape} do not hold {n} songs of lengths up to "
+                                 f"{lengths.max() if n else 0}")
+            audio = np.concatenate([audio[i, :lengths[i]] for i in range(n)]) if n else audio[:0, 0]
+            offsets = None
+        if offsets is None:
+            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
+        offsets = np.asarray(offsets, np.int64)
+        if audio.ndim != 1 or offsets.shape != (n,) or (n and (offsets.min() < 0 or lengths.min() < 0
+                                                               or (offsets + lengths).max() > audio.shape[0])):
+            raise ValueError(f"Dataset: audio {audio.shape} does not hold {n} songs at offsets {offsets[:4]}... "
+                             f"of lengths {lengths[:4]}...")
+        object.__setattr__(self, "audio", audio)
+        object.__setattr__(self, "lengths", lengths)
+        object.__setattr__(self, "offsets", offsets)
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def song(self, i: int) -> np.ndarray:
+        """Song i's samples: int16 [lengths[i]] (a view, no copy)."""
+        return self.audio[self.offsets[i]:self.offsets[i] + self.lengths[i]]
+
+    def crops(self, songs: np.ndarray, offsets: np.ndarray, crop: int) -> np.ndarray:
+        """Crops of `crop` samples starting `offsets` [n] samples into songs `songs` [n] -> int16 [n, crop];
+        past a song's end a crop reads zeros (a song shorter than a crop, crop at offset 0)."""
+        return gather_crops(self.audio, songs, offsets, crop, starts=self.offsets, lengths=self.lengths)
+
     def min_length(self, samples: int) -> "Dataset":
-        """Zero-pad every row to at least `samples` so any crop of that size fits (lengths unchanged)."""
-        if self.audio.shape[1] >= samples:
-            return self
-        audio = np.pad(self.audio, ((0, 0), (0, samples - self.audio.shape[1])))  # [n_songs, samples]
-        return dataclasses.replace(self, audio=audio)
+        """No-op, kept for callers of the padded layout: crops past a song's end read zeros anyway."""
+        return self
 
 
 def cache_dir(cfg_cache_dir: str = "") -> str:
@@ -115,12 +146,12 @@ def synthetic(*, clips_per_class: int, seconds: float, sample_rate: int, seed: i
     n = clips_per_class * len(synth.CLASS_NAMES)
     try:
         labels = np.load(f"{path}.labels.npy")
-        audio = np.load(f"{path}.audio.npy", mmap_mode="r")  # [n, n_samples] int16, paged in on use
-        if audio.shape != (n, n_samples) or audio.dtype != np.int16 or labels.shape != (n,):
+        audio = np.load(f"{path}.audio.npy", mmap_mode="r")  # [n * n_samples] int16, paged in on use
+        if audio.shape != (n * n_samples,) or audio.dtype != np.int16 or labels.shape != (n,):
             raise ValueError("shape mismatch")
     except Exception:  # missing, truncated or stale: rebuild
         x, labels = synth.generate(clips_per_class, seconds=seconds, sample_rate=sample_rate, seed=seed)
-        audio = to_int16(x)
+        audio = to_int16(x).reshape(-1)  # [n * n_samples]: the songs end to end
         try:  # labels first: the audio file's presence marks a complete pair (each is written atomically)
             save_npy_atomic(f"{path}.labels.npy", labels)
             save_npy_atomic(f"{path}.audio.npy", audio)
@@ -192,10 +223,28 @@ def sample_batch(seed: int, step: int, *, train_songs: np.ndarray, lengths: np.n
     return Batch(songs.astype(np.int64), offsets, gains)
 
 
-def gather_crops(audio: np.ndarray, songs: np.ndarray, offsets: np.ndarray, crop: int) -> np.ndarray:
-    """Slice crops: audio [n_songs, samples] int16 -> [len(songs), crop] int16 (rows padded beforehand)."""
-    cols = offsets[:, None] + np.arange(crop)[None, :]  # [batch, crop] sample indices
-    return audio[songs[:, None], cols]
+def gather_crops(audio: np.ndarray, songs: np.ndarray, offsets: np.ndarray, crop: int, *,
+                 starts: np.ndarray | None = None, lengths: np.ndarray | None = None) -> np.ndarray:
+    """The one host-side slicer: crops of `crop` samples -> int16 [len(songs), crop].
+
+    audio: [total] int16 with songs at `starts` of `lengths` samples (a Dataset's audio, offsets and lengths),
+    or rows [n_songs, samples] (starts and lengths then default to the rows). Crop j is the samples
+    offsets[j] .. offsets[j] + crop - 1 of song songs[j]; those past the song's end are zeros.
+    """
+    if audio.ndim == 2:
+        if starts is not None or lengths is not None:
+            raise ValueError("gather_crops: starts and lengths go with 1-D audio, not rows")
+        starts = np.arange(audio.shape[0], dtype=np.int64) * audio.shape[1]
+        lengths = np.full(audio.shape[0], audio.shape[1], np.int64)
+        audio = audio.reshape(-1)  # a view of C-contiguous rows
+    elif starts is None or lengths is None:
+        raise ValueError("gather_crops: 1-D audio needs the songs' starts and lengths")
+    out = np.zeros((len(songs), crop), np.int16)  # [n, crop]
+    begin = np.asarray(starts)[songs] + np.asarray(offsets)  # [n] first sample of each crop in audio
+    take = np.clip(np.asarray(lengths)[songs] - np.asarray(offsets), 0, crop)  # [n] samples inside the song
+    for j in range(len(out)):  # contiguous copies: only the pages of a memory map that crops touch are read
+        out[j, :take[j]] = audio[begin[j]:begin[j] + take[j]]
+    return out
 
 
 def eval_windows(lengths: np.ndarray, songs: np.ndarray, *, crop: int, hop: int) -> tuple[np.ndarray, np.ndarray]:

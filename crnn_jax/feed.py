@@ -2,7 +2,7 @@
 
 Both feeds take their examples from `data.sample_batch(seed, step)`, so they give the same batches and the
 same metrics (a test checks); they differ only in what crosses to the device per step:
-- ResidentFeed: the whole int16 data set is put on every device once (GTZAN: ~1.3 GB); each call ships
+- ResidentFeed: the whole int16 data set is put on every device once (GTZAN: ~0.6 GB); each call ships
   only indices (song, offset, gain, label: 16 bytes an example) and the step slices crops on the device.
 - StreamFeed: the host slices crops (2 bytes a sample) and prepares the next call's batch in a
   background thread while the device runs the current one (double buffering).
@@ -75,7 +75,7 @@ class ResidentFeed(_Feed):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.audio = steps_lib.place_state(jnp.asarray(self.ds.audio))  # [n_songs, samples] int16, each device
+        self.audio = steps_lib.place_state(device_audio(self.ds, self.cfg.crop_samples))  # on each device
 
     def calls(self, chunks):
         for step, k in chunks:
@@ -91,12 +91,12 @@ class StreamFeed(_Feed):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.audio = steps_lib.place_state(jnp.zeros((1, 1), jnp.int16))  # unused by the step; keeps one signature
+        self.audio = steps_lib.place_state(jnp.zeros((1,), jnp.int16))  # unused by the step; keeps one signature
 
     def _make(self, step: int, k: int) -> dict:
         bs = self._indices(step, k)
         batch = self._common(bs)
-        crops = np.stack([data_lib.gather_crops(self.ds.audio, b.songs, b.offsets, self.cfg.crop_samples)
+        crops = np.stack([self.ds.crops(b.songs, b.offsets, self.cfg.crop_samples)
                           for b in bs])  # [k, local_rows, crop] int16: only this process's crops
         batch["crops"] = self._device_major(crops)
         return batch
@@ -111,12 +111,31 @@ class StreamFeed(_Feed):
                 yield step, k, batch
 
 
+MAX_DEVICE_SAMPLES = 2**31 - 1  # device indices are int32
+
+
+def device_audio(ds: data_lib.Dataset, crop: int) -> steps_lib.DeviceAudio:
+    """The host arrays of ds on a device (see steps.DeviceAudio): the samples as they are (a memory map is
+    read straight into the device buffer, never copied on the host), and a small tail that makes a crop
+    running off the end safe. Songs not back to back (gaps) are fine: starts are ds.offsets."""
+    samples = ds.audio
+    if len(samples) + 2 * crop > MAX_DEVICE_SAMPLES:
+        raise data_lib.DataError(f"{len(samples):,} samples of audio are too many to index on a device "
+                                 f"(at most {MAX_DEVICE_SAMPLES - 2 * crop:,}); use --data-placement host")
+    if len(samples) < crop:  # the whole set is shorter than one crop: tiny, pad it
+        samples = np.concatenate([samples, np.zeros(crop - len(samples), np.int16)])
+    tail = np.concatenate([samples[len(samples) - crop:], np.zeros(crop, np.int16)])  # [2 * crop]
+    return steps_lib.DeviceAudio(samples, tail, ds.offsets.astype(np.int32), ds.lengths.astype(np.int32))
+
+
 def make_feed(ds: data_lib.Dataset, cfg, train_songs: np.ndarray, n_devices: int, *,
               local: tuple[int, int] | None = None, log=print) -> _Feed:
     """The feed cfg.data_placement asks for; "auto" keeps the data on the devices when it fits
     cfg.device_data_gb (per device), else streams. n_devices, local: as for _Feed."""
-    gb = ds.audio.nbytes / 2**30
-    resident = cfg.data_placement == "device" or (cfg.data_placement == "auto" and gb <= cfg.device_data_gb)
+    gb = ds.audio.nbytes / 2**30  # the songs end to end: the real byte count, no padding
+    fits = len(ds.audio) + 2 * cfg.crop_samples <= MAX_DEVICE_SAMPLES
+    resident = cfg.data_placement == "device" or (cfg.data_placement == "auto" and gb <= cfg.device_data_gb
+                                                  and fits)
     log(f"data placement: {'on every device' if resident else 'streamed from host memory'} "
         f"({gb:.2f} GiB of int16 audio; budget {cfg.device_data_gb} GiB per device)")
     return (ResidentFeed if resident else StreamFeed)(ds, cfg, train_songs, n_devices, local)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import importlib.util
-import math
+import io
 import os
 import re
 import sys
@@ -38,21 +38,17 @@ import time
 import warnings
 
 import numpy as np
-import soundfile as sf
-from scipy.signal import resample_poly
 
-from crnn_jax import data, splits
+from crnn_jax import data, decode, splits
 from crnn_jax.data import DataError
 
 AUDIO_EXTS = splits.AUDIO_EXTS
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding or the layout changes, so old caches are not reused (2: songs end to end)
 SKIP_DIRS = ("__MACOSX",)
 MAX_DEPTH = 8  # folder levels walked below --data (bounds symlink loops)
 # (url, bytes, sha256, file name) of GTZAN's original archive, as in tensorflow/datasets' gtzan/checksums.tsv.
 GTZAN_ARCHIVE = ("http://opihi.cs.uvic.ca/sound/genres.tar.gz", "1225571541",
                  "24347e0223d2ba798e0a558c4c172d9d4a19c00bb7963fe055d183dadb4ef2c6", "genres.tar.gz")
-# libsndfile's header log says "data : 88200 (should be 44078)" when the file ends early.
-_SHORT_DATA = re.compile(r"^\s*data(?: size)?\s*:\s*(\d+)\s*\(should be (\d+)\)", re.IGNORECASE | re.MULTILINE)
 
 
 def load(cfg) -> tuple[data.Dataset, dict[str, np.ndarray]]:
@@ -69,55 +65,16 @@ def load(cfg) -> tuple[data.Dataset, dict[str, np.ndarray]]:
 def read_audio(path: str, sample_rate: int) -> np.ndarray:
     """Decode an audio file -> float32 [samples] mono at `sample_rate` Hz, in [-1, 1] for PCM files.
 
-    Channels are averaged; the file's rate is converted with a polyphase filter (up/down from the gcd).
+    Channels are averaged; the file's rate is converted with a polyphase filter (up/down from the gcd),
+    block by block (decode.blocks: the same samples as one resample_poly call on the whole file).
     Raises DataError naming the file when it does not decode, is truncated, has no samples, holds NaN or
     infinite samples, or is silent (every sample 0).
     """
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
-    try:
-        with sf.SoundFile(path) as f:
-            rate, declared, log = f.samplerate, f.frames, f.extra_info
-            x = f.read(dtype="float32", always_2d=True)  # [frames, channels]
-    except Exception as e:  # libsndfile: unknown format, malformed header, lost sync, unreadable, ...
-        raise DataError(f"{path}: unreadable audio ({_one_line(e)})") from None
-    if len(x):
-        why = _truncated(log, declared, len(x))
-        if why:
-            raise DataError(f"{path}: truncated ({why})")
-    return _to_mono_rate(x, rate, sample_rate, str(path))
+    return np.concatenate(list(decode.blocks(path, sample_rate)))
 
 
-def _truncated(log: str, declared_frames: int, frames: int) -> str:
-    """Why the file looks cut short ('' if not): over 1% missing; stray end bytes are common in valid files."""
-    for m in _SHORT_DATA.finditer(log):
-        said, real = int(m.group(1)), int(m.group(2))
-        if 0 < said < 0x7FFFFFFF and real < 0.99 * said:  # 0 and 0xFFFFFFFF: streamed, size unknown
-            return f"the header declares {said} bytes of audio, the file holds {real}"
-    if 0 < declared_frames and frames < 0.99 * declared_frames:
-        return f"the header declares {declared_frames} samples, only {frames} decode"
-    return ""
-
-
-def _to_mono_rate(x: np.ndarray, rate: int, sample_rate: int, what: str) -> np.ndarray:
-    """x [frames, channels] float at `rate` Hz -> validated float32 [samples] mono at `sample_rate` Hz."""
-    if x.shape[0] == 0:
-        raise DataError(f"{what}: no audio (0 samples)")
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{what}: NaN or infinite samples")
-    if not np.any(x):
-        raise DataError(f"{what}: silent (every sample is 0)")
-    x = x.mean(axis=1, dtype=np.float32)  # [frames]: stereo folded to mono
-    if rate != sample_rate:
-        g = math.gcd(int(rate), int(sample_rate))
-        x = resample_poly(x, sample_rate // g, rate // g)  # [frames * sample_rate / rate]
-    return np.asarray(x, np.float32)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+_one_line = decode.one_line
+_to_mono_rate = decode.to_mono_rate
 
 
 # --- a folder ------------------------------------------------------------------------------------------
@@ -140,25 +97,41 @@ def load_folder(path: str, *, sample_rate: int, cache: str = "") -> data.Dataset
              f"(first: {stray[0]})")
     _check_unique(songs)
     stats = [os.stat(os.path.join(groot, s)) for s in songs]
-    key = hashlib.sha256(repr((CACHE_VERSION, int(sample_rate), [(s, st.st_size, st.st_mtime_ns)
-                                                                 for s, st in zip(songs, stats)])).encode())
-    cache_path = os.path.join(data.cache_dir(cache), f"folder-{key.hexdigest()[:20]}")
+    # The entry's name says which folder at which rate; its content fingerprint is stored inside, so a
+    # folder that changed replaces its entry (never one entry per state of the folder).
+    fingerprint = hashlib.sha256(repr((CACHE_VERSION, int(sample_rate), [(s, st.st_size, st.st_mtime_ns)
+                                                                         for s, st in zip(songs, stats)])).encode())
+    name_key = hashlib.sha256(repr((os.path.realpath(groot), int(sample_rate))).encode())
+    cache_path = os.path.join(data.cache_dir(cache), f"folder-{name_key.hexdigest()[:20]}")
     t0 = time.time()
-    got = _read_cache(cache_path, songs, sample_rate)
+    got = _read_cache(cache_path, songs, sample_rate, fingerprint.hexdigest())
     if got is not None:
         ds, skipped = got
         _say(f"{len(ds)} songs, {len(ds.class_names)} genres from {groot} (cached, {time.time() - t0:.1f} s)"
              + (f"; {len(skipped)} bad file(s) were skipped (first: {skipped[0][1]})" if skipped else ""))
         return ds
-    ds, skipped = _decode_folder(groot, songs, sample_rate, sum(st.st_size for st in stats))
-    try:  # metadata first: the audio file's presence marks a complete pair (each is written atomically)
-        data.save_npz_atomic(f"{cache_path}.meta.npz", lengths=ds.lengths, labels=ds.labels,
-                             names=np.array(ds.names), class_names=np.array(ds.class_names),
-                             sample_rate=np.array(sample_rate), skipped_names=np.array([n for n, _ in skipped], str),
-                             skipped_why=np.array([w for _, w in skipped], str))
-        data.save_npy_atomic(f"{cache_path}.audio.npy", ds.audio)
-    except OSError as e:  # a read-only cache dir is no reason to fail: run uncached
-        _say(f"warning: could not write the cache {cache_path} ({_one_line(e)})")
+    n_bytes = sum(st.st_size for st in stats)
+    tmp = f"{cache_path}.audio.npy.tmp{os.getpid()}"
+    try:
+        try:
+            ds, skipped = _decode_folder(groot, songs, sample_rate, n_bytes, tmp)
+        except OSError as e:  # a read-only or full cache dir is no reason to fail: run uncached
+            _say(f"warning: could not write the cache {cache_path} ({_one_line(e)}); decoding into memory")
+            return _decode_folder(groot, songs, sample_rate, n_bytes, None)[0]
+        try:  # audio first, then the metadata that names the audio file it belongs to (inode, size, mtime)
+            os.replace(tmp, f"{cache_path}.audio.npy")
+            st = os.stat(f"{cache_path}.audio.npy")
+            data.save_npz_atomic(
+                f"{cache_path}.meta.npz", version=np.array(CACHE_VERSION), fingerprint=np.array(fingerprint.hexdigest()),
+                root=np.array(groot), audio_file=np.array([st.st_ino, st.st_size, st.st_mtime_ns], np.int64),
+                offsets=ds.offsets, lengths=ds.lengths, labels=ds.labels, names=np.array(ds.names),
+                class_names=np.array(ds.class_names), sample_rate=np.array(sample_rate),
+                skipped_names=np.array([n for n, _ in skipped], str), skipped_why=np.array([w for _, w in skipped], str))
+        except OSError as e:  # the Dataset is already open (memory-mapped), cache or not
+            _say(f"warning: could not write the cache {cache_path} ({_one_line(e)})")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return ds
 
 
@@ -228,91 +201,181 @@ def _genre_root(files: list[tuple[str, ...]], root: str) -> tuple[str, ...]:
                         f"(<data>/<genre>/<song>.wav)")
 
 
-def _decode_folder(groot: str, songs: list[str], sample_rate: int, n_bytes: int
+class _Sink:
+    """Where decoded songs go: a new .npy file of `total` int16 samples (written with os.pwrite, so the
+    pages sit in the page cache, not in this process's memory) or, with path None, an array in memory."""
+
+    def __init__(self, path: str | None, total: int):
+        self.path, self.fd = path, None
+        if path is None:
+            self.array = np.zeros(total, np.int16)  # calloc: pages never written cost nothing
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        # Preallocated (sparse: holes until written), header written by numpy; then written in place.
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.int16, shape=(max(total, 1),))
+        self.start = header.offset
+        del header
+        self.fd = os.open(path, os.O_RDWR)
+
+    def write(self, pos: int, x: np.ndarray) -> None:
+        """int16 [n] at sample `pos`."""
+        if self.fd is None:
+            self.array[pos:pos + len(x)] = x
+            return
+        buf = memoryview(np.ascontiguousarray(x, np.int16)).cast("B")
+        done = 0
+        while done < len(buf):  # pwrite may write less than asked (signals, some file systems)
+            done += os.pwrite(self.fd, buf[done:], self.start + 2 * pos + done)
+
+    def move(self, src: int, dst: int, n: int, chunk: int = 1 << 22) -> None:
+        """Samples [src, src + n) to [dst, dst + n), dst < src, in chunks (closes gaps left by skipped files)."""
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            if self.fd is None:
+                self.array[dst + i:dst + i + m] = self.array[src + i:src + i + m]
+            else:
+                self.write(dst + i, np.frombuffer(os.pread(self.fd, 2 * m, self.start + 2 * (src + i)), np.int16))
+
+    def finish(self, total: int) -> np.ndarray:
+        """Keep the first `total` samples -> int16 [total] (the file read back memory-mapped, read only)."""
+        if self.fd is None:
+            return self.array[:total]
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<i2", "fortran_order": False, "shape": (total,)})
+        if len(header.getvalue()) == self.start:  # the header of a shorter shape fits the same bytes: shrink
+            os.pwrite(self.fd, header.getvalue(), 0)
+            os.ftruncate(self.fd, self.start + 2 * total)
+        os.fsync(self.fd)
+        self.close()
+        return np.load(self.path, mmap_mode="r")[:total]
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _decode_folder(groot: str, songs: list[str], sample_rate: int, n_bytes: int, path: str | None
                    ) -> tuple[data.Dataset, list[tuple[str, str]]]:
-    """Decode every song in threads (libsndfile and resample_poly release the GIL) -> (Dataset, [(name, why)])."""
+    """Decode every song into one int16 array, songs end to end -> (Dataset, [(name, why)] skipped).
+
+    Each song's length is known from its header before decoding, so the array (the .npy file `path`, or
+    memory if None) is allocated once and each file is decoded block by block straight into its place, in
+    threads (libsndfile and resample_poly release the GIL): memory holds a block per thread, never the
+    library twice. Files that turn out shorter (or bad) leave gaps, closed at the end.
+    """
     workers = min(8, os.cpu_count() or 1)
     _say(f"decoding {len(songs)} files ({n_bytes / 1e6:.0f} MB) from {groot} at {sample_rate} Hz "
          f"with {workers} threads; cached after this run")
-
-    def one(name: str):
+    why: dict[int, str] = {}
+    sizes = np.zeros(len(songs), np.int64)  # samples reserved per song
+    for i, name in enumerate(songs):
         try:
-            return data.to_int16(read_audio(os.path.join(groot, name), sample_rate)), ""
+            sizes[i] = decode.frames_out(os.path.join(groot, name), sample_rate)
         except DataError as e:
-            return None, str(e).replace(os.path.join(groot, ""), "")
+            why[i] = str(e).replace(os.path.join(groot, ""), "")
+    reserved = np.concatenate([[0], np.cumsum(sizes)])  # [n + 1] where each song's room starts
+    sink = _Sink(path, int(reserved[-1]))
 
-    rows, names, skipped = [], [], []
-    t0, last = time.time(), time.time()
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for i, (name, (row, why)) in enumerate(zip(songs, pool.map(one, songs))):
-            if row is None:
-                _say(f"warning: skipping {why}")
-                skipped.append((name, why))
-            else:
-                rows.append(row)
-                names.append(name)
-            if time.time() - last > 10 and i + 1 < len(songs):
-                last = time.time()
-                _say(f"decoded {i + 1}/{len(songs)} files ({last - t0:.0f} s)")
-    if skipped:
-        _say(f"skipped {len(skipped)} of {len(songs)} files (first: {skipped[0][1]})")
-    for genre in sorted({s.split("/", 1)[0] for s in songs} - {n.split("/", 1)[0] for n in names}):
-        _say(f"warning: genre {genre} has no usable song and is left out")
-    if not rows:
-        raise DataError(f"--data {groot}: none of its {len(songs)} audio files could be used (first: "
-                        f"{skipped[0][1]})")
-    ds = _assemble(rows, names, sample_rate)
+    def one(i: int) -> tuple[int, str]:
+        if i in why:
+            return 0, why[i]
+        pos, room = int(reserved[i]), int(sizes[i])
+        try:
+            for block in decode.blocks(os.path.join(groot, songs[i]), sample_rate):
+                block = data.to_int16(block)[:room - (pos - int(reserved[i]))]  # never past its room
+                sink.write(pos, block)
+                pos += len(block)
+        except DataError as e:
+            return 0, str(e).replace(os.path.join(groot, ""), "")
+        return pos - int(reserved[i]), ""
+
+    try:
+        lengths, names, keep, skipped = [], [], [], []
+        t0, last = time.time(), time.time()
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for i, (n, bad) in enumerate(pool.map(one, range(len(songs)))):
+                if bad or not n:
+                    bad = bad or f"{songs[i]}: no audio (0 samples)"
+                    _say(f"warning: skipping {bad}")
+                    skipped.append((songs[i], bad))
+                else:
+                    lengths.append(n)
+                    names.append(songs[i])
+                    keep.append(i)
+                if time.time() - last > 10 and i + 1 < len(songs):
+                    last = time.time()
+                    _say(f"decoded {i + 1}/{len(songs)} files ({last - t0:.0f} s)")
+        if skipped:
+            _say(f"skipped {len(skipped)} of {len(songs)} files (first: {skipped[0][1]})")
+        for genre in sorted({s.split("/", 1)[0] for s in songs} - {n.split("/", 1)[0] for n in names}):
+            _say(f"warning: genre {genre} has no usable song and is left out")
+        if not names:
+            raise DataError(f"--data {groot}: none of its {len(songs)} audio files could be used (first: "
+                            f"{skipped[0][1]})")
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)  # back to back
+        for i, dst, n in zip(keep, offsets, lengths):
+            if reserved[i] != dst:
+                sink.move(int(reserved[i]), int(dst), int(n))
+        audio = sink.finish(int(sum(lengths)))
+    finally:
+        sink.close()
+    ds = _assemble(audio, np.array(lengths, np.int64), names, sample_rate)
     _say(f"{len(ds)} songs, {len(ds.class_names)} genres, {ds.lengths.sum() / sample_rate / 3600:.2f} h of audio "
          f"from {groot} ({time.time() - t0:.1f} s)")
     return ds, skipped
 
 
-def _assemble(rows: list[np.ndarray], names: list[str], sample_rate: int,
+def _assemble(audio: np.ndarray, lengths: np.ndarray, names: list[str], sample_rate: int,
               class_names: tuple[str, ...] | None = None) -> data.Dataset:
-    """int16 rows of any lengths + names "<genre>/..." -> Dataset (classes: the genres present, sorted)."""
+    """int16 [total] songs back to back, their lengths and names "<genre>/..." -> Dataset (classes: the
+    genres present, sorted)."""
     genres = [n.split("/", 1)[0] for n in names]
     if class_names is None:
         class_names = tuple(sorted(set(genres)))
         if len(class_names) < 2:
             raise DataError(f"only one genre ({class_names[0]}) has usable songs; at least 2 are needed")
     index = {g: i for i, g in enumerate(class_names)}
-    lengths = np.array([len(r) for r in rows], np.int64)
-    audio = np.zeros((len(rows), int(lengths.max())), np.int16)  # [n_songs, longest song], zero-padded
-    for i, r in enumerate(rows):
-        audio[i, :len(r)] = r
     return data.Dataset(audio=audio, lengths=lengths, labels=np.array([index[g] for g in genres], np.int32),
                         names=tuple(names), class_names=tuple(class_names), sample_rate=int(sample_rate))
 
 
-def _read_cache(path: str, songs: list[str], sample_rate: int
+def _read_cache(path: str, songs: list[str], sample_rate: int, fingerprint: str
                 ) -> tuple[data.Dataset, list[tuple[str, str]]] | None:
-    """The cached Dataset and skipped-file notes if the cache at `path` (.meta.npz + .audio.npy) loads and
-    matches `songs`; else None. The audio is memory-mapped (read only): pages are read when sliced."""
-    if not os.path.exists(f"{path}.audio.npy"):
+    """The cached Dataset and skipped-file notes if the entry at `path` (.meta.npz + .audio.npy) loads,
+    is of this folder's current state (`fingerprint`) and matches `songs`; else None (it is rebuilt in
+    place). The audio is memory-mapped (read only): pages are read when sliced."""
+    if not os.path.exists(f"{path}.meta.npz"):
         return None
     try:
         # Our own file handle: np.load leaks the one it opens when the zip is damaged.
         with open(f"{path}.meta.npz", "rb") as f, np.load(f, allow_pickle=False) as z:
-            lengths, labels = z["lengths"], z["labels"]
+            if "version" not in z or int(z["version"]) != CACHE_VERSION or str(z["fingerprint"]) != fingerprint:
+                _say(f"the folder changed since it was cached; rebuilding {path}")
+                return None
+            lengths, offsets, labels = z["lengths"], z["offsets"], z["labels"]
             names, classes = tuple(z["names"].tolist()), tuple(z["class_names"].tolist())
-            rate = int(z["sample_rate"])
+            rate, audio_file = int(z["sample_rate"]), z["audio_file"].tolist()
             skipped = list(zip(z["skipped_names"].tolist(), z["skipped_why"].tolist()))
-        audio = np.load(f"{path}.audio.npy", mmap_mode="r")  # [n_songs, samples] int16; a short file raises
+        st = os.stat(f"{path}.audio.npy")
+        if audio_file != [st.st_ino, st.st_size, st.st_mtime_ns]:  # another write's audio, or a hand edit
+            raise ValueError("its audio file is not the one its metadata was written for")
+        audio = np.load(f"{path}.audio.npy", mmap_mode="r")  # [total] int16; a short file raises
         n = len(names)
         skipped_names = {s for s, _ in skipped}
-        ok = (audio.dtype == np.int16 and audio.ndim == 2 and audio.shape[0] == n == len(lengths) == len(labels)
+        ok = (audio.dtype == np.int16 and audio.ndim == 1 and n == len(lengths) == len(labels) == len(offsets)
               and rate == sample_rate and list(names) == sorted(names) and n + len(skipped) == len(songs)
-              and set(names) | skipped_names == set(songs) and lengths.min() >= 1
-              and lengths.max() <= audio.shape[1]
+              and set(names) | skipped_names == set(songs) and lengths.min() >= 1 and offsets.min() >= 0
+              and (offsets + lengths).max() <= audio.shape[0]
               and classes == tuple(sorted({s.split("/", 1)[0] for s in names}))
               and np.array_equal(labels, [classes.index(s.split("/", 1)[0]) for s in names]))
-        if not ok:  # a hash collision, a file from another version, a hand edit...
+        if not ok:  # a file from another version, a hand edit...
             raise ValueError("its contents do not match the folder")
     except Exception as e:  # truncated, corrupt, stale: rebuild
         _say(f"warning: cache {path} is unusable ({_one_line(e)}); rebuilding it")
         return None
     ds = data.Dataset(audio=audio, lengths=lengths.astype(np.int64), labels=labels.astype(np.int32), names=names,
-                      class_names=classes, sample_rate=sample_rate)
+                      class_names=classes, sample_rate=sample_rate, offsets=offsets.astype(np.int64))
     return ds, skipped
 
 
@@ -356,7 +419,7 @@ def load_tfds(spec: str, *, sample_rate: int, cache: str = "") -> data.Dataset:
                         f"{_one_line(e)[:200]}); {hint}") from None
     class_names, rate = tuple(info.features["label"].names), int(info.features["audio"].sample_rate)
     examples.sort(key=lambda e: (e[0], e[1]))  # TFDS's order is a hash order; names must not depend on it
-    rows, names, counts, skipped = [], [], {}, 0
+    rows, names, counts, skipped = [], [], {}, 0  # TFDS hands over every example at once anyway
     for label, fname, pcm in examples:
         genre = class_names[label]
         own = re.fullmatch(rf"{re.escape(genre)}\.\d{{5}}\.(wav|au)", fname)
@@ -376,7 +439,8 @@ def load_tfds(spec: str, *, sample_rate: int, cache: str = "") -> data.Dataset:
                         f"{next(n for n in names if names.count(n) > 1)}")
     _say(f"tfds:gtzan: {len(rows)} songs, {len(class_names)} genres at {sample_rate} Hz"
          + (f"; skipped {skipped} bad examples" if skipped else ""))
-    return _assemble(rows, names, sample_rate, class_names)
+    return _assemble(np.concatenate(rows), np.array([len(r) for r in rows], np.int64), names, sample_rate,
+                     class_names)
 
 
 def _register_archive(archive: str, cache: str, spec: str) -> None:

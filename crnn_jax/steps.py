@@ -10,7 +10,7 @@ The optimiser is Algorithm 8.6 (optim.py): the gradient is taken at the interim 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -94,9 +94,31 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation, *, head: s
     return train_step
 
 
-def gather_on_device(audio: jax.Array, songs: jax.Array, offsets: jax.Array, crop: int) -> jax.Array:
-    """Crops from device-resident audio: audio [n_songs, samples] int16, songs/offsets [b] -> [b, crop] int16."""
-    take = lambda s, o: jax.lax.dynamic_slice(audio, (s, o), (1, crop))[0]  # [crop]
+class DeviceAudio(NamedTuple):
+    """A Dataset on the device (see feed.ResidentFeed): samples [total] int16, every song end to end;
+    tail [2 * crop] int16, the last crop of samples then a crop of zeros; starts, lengths [n_songs] int32."""
+
+    samples: jax.Array
+    tail: jax.Array
+    starts: jax.Array
+    lengths: jax.Array
+
+
+def gather_on_device(audio: DeviceAudio, songs: jax.Array, offsets: jax.Array, crop: int) -> jax.Array:
+    """Crops from device-resident audio, as Dataset.crops cuts them: songs/offsets [b] -> [b, crop] int16,
+    samples past a song's end are zeros.
+
+    lax.dynamic_slice clamps a start past total - crop (it would shift the crop onto the samples before
+    it), so a crop that runs off the end of `samples` (a short last song) is cut from `tail` instead.
+    """
+    total = audio.samples.shape[0]
+
+    def take(s, o):
+        begin = audio.starts[s] + o
+        x = jnp.where(begin + crop <= total, jax.lax.dynamic_slice(audio.samples, (begin,), (crop,)),
+                      jax.lax.dynamic_slice(audio.tail, (begin - (total - crop),), (crop,)))  # [crop]
+        return jnp.where(jnp.arange(crop) < audio.lengths[s] - o, x, jnp.zeros((), x.dtype))
+
     return jax.vmap(take)(songs, offsets)
 
 
@@ -105,7 +127,7 @@ def make_multi_step(train_step: Callable, crop: int) -> Callable:
 
     batches leaves carry a leading [K] axis; metrics come back as [K]. A batch holds either "crops" (the
     host gathered them; `audio` is ignored) or "songs" and "offsets" (indices into `audio`, the data set
-    resident on the device, [n_songs, samples] int16), so only a few bytes per example cross to the device.
+    resident on the device, a DeviceAudio), so only a few bytes per example cross to the device.
     """
 
     def multi_step(state: TrainState, audio: jax.Array, batches: dict) -> tuple[TrainState, dict]:

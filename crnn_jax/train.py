@@ -107,7 +107,7 @@ class Evaluator:
             pad = self.batch - n  # keep one shape: pad with copies of the last window, drop their outputs
             s, o = np.concatenate([s, np.repeat(s[-1:], pad)]), np.concatenate([o, np.repeat(o[-1:], pad)])
             s, o = s[self.rows], o[self.rows]
-            crops = data_lib.gather_crops(ds.audio, s, o, cfg.crop_samples)
+            crops = ds.crops(s, o, cfg.crop_samples)  # [batch, crop] int16, zeros past a song's end
             batch = {"crops": steps_lib.shard(crops, self.n_local),
                      "gains": steps_lib.shard(np.ones(len(s), np.float32), self.n_local)}
             logp = np.asarray(self.p_eval(state, batch))[0]  # first local device's copy: [devices, per_device, classes]
@@ -116,11 +116,10 @@ class Evaluator:
 
 
 def prepare(cfg: Config, workdir: str, log=print) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
-    """Check the workdir, print the config, load the data -> (Dataset padded to a crop, split)."""
+    """Check the workdir, print the config, load the data -> (Dataset, split)."""
     check_workdir_config(workdir, cfg)
     log(f"config:\n{cfg.to_json()}")
-    ds, split = load_data(cfg)
-    return ds.min_length(cfg.crop_samples), split
+    return load_data(cfg)
 
 
 def train(cfg: Config, *, log=print) -> dict:

@@ -1,6 +1,7 @@
 """Real-audio loading: formats, channels and rates against analytic tones, folder layouts, the real GTZAN
 sample, the decoded-audio cache, every kind of bad input, TFDS (mocked) and training end to end."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -86,7 +87,7 @@ def test_formats_channels_and_rates_match_analytic_tones(tmp_path, capsys):
     assert sorted(ds.names) == list(ds.names) and set(ds.names) == set(freqs)
     for i, name in enumerate(ds.names):
         assert ds.labels[i] == ds.class_names.index(name.split("/")[0])
-        y = ds.audio[i, :ds.lengths[i]].astype(np.float32) / 32768  # [samples] at SR
+        y = ds.song(i).astype(np.float32) / 32768  # [samples] at SR
         assert abs(len(y) / SR - 1.5) < 0.06, name  # lossy codecs may pad a little
         assert abs(peak_hz(y, SR) - freqs[name]) < 1.0, name
         if name in lossless:  # the resampled tone is the analytic tone at SR; stereo is the channel mean
@@ -129,8 +130,9 @@ def test_real_gtzan_sample_loads_bit_exact(tmp_path):
     assert np.all(np.abs(ds.lengths / 22050 - 30) < 0.7)
     for i, name in enumerate(ds.names):  # 22050 Hz mono 16-bit in, so no resampling: rows equal the files
         pcm, rate = sf.read(os.path.join(SAMPLE, name), dtype="int16")
-        assert rate == 22050 and np.array_equal(ds.audio[i, :ds.lengths[i]], pcm)
-        assert not ds.audio[i, ds.lengths[i]:].any()
+        assert rate == 22050 and np.array_equal(ds.song(i), pcm)
+    # Songs end to end, nothing padded: the audio is exactly the files' samples.
+    assert ds.audio.shape == (ds.lengths.sum(),) and list(ds.offsets) == [0, *np.cumsum(ds.lengths)[:-1]]
     # The fault-filtered lists put these ten clips in train/valid/test as shipped.
     assert [ds.names[i] for i in split["test"]] == ["hiphop/hiphop.00000.wav", "pop/pop.00000.wav"]
     assert [ds.names[i].split("/")[0] for i in split["train"]] == ["jazz", "reggae", "rock"]
@@ -142,6 +144,8 @@ def test_cache_is_reused_rebuilt_on_change_and_never_trusted_when_corrupt(tmp_pa
     before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, fs in os.walk(data) for f in fs}
     first = loaders.load_folder(data, sample_rate=SR, cache=cache)
     assert "decoding 9 files" in capsys.readouterr().err
+    assert isinstance(first.audio, np.memmap)  # decoded straight into the cache file, then mapped
+    first = dataclasses.replace(first, audio=np.array(first.audio))  # a copy: the test damages the file
     (npy,) = [os.path.join(cache, f) for f in os.listdir(cache) if f.endswith(".audio.npy")]
     meta = npy.replace(".audio.npy", ".meta.npz")
 
@@ -169,13 +173,15 @@ def test_cache_is_reused_rebuilt_on_change_and_never_trusted_when_corrupt(tmp_pa
     assert np.array_equal(loaders.load_folder(data, sample_rate=SR, cache=cache).names, first.names)
     assert "do not match" in capsys.readouterr().err
 
-    # Touching a file (same content, new mtime) or another sample rate gives another key: a new cache.
+    # Touching a file (same content, new mtime) rebuilds the folder's entry in place; another sample rate
+    # is another entry.
     st = os.stat(os.path.join(data, "blues", "blues.00000.wav"))
     os.utime(os.path.join(data, "blues", "blues.00000.wav"), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     loaders.load_folder(data, sample_rate=SR, cache=cache)
     loaders.load_folder(data, sample_rate=16000, cache=cache)
     assert capsys.readouterr().err.count("decoding 9 files") == 2
-    assert len([f for f in os.listdir(cache) if f.endswith(".audio.npy")]) == 3
+    assert len([f for f in os.listdir(cache) if f.endswith(".audio.npy")]) == 2
+    assert len(os.listdir(cache)) == 4  # .audio.npy and .meta.npz of each: no temporaries left
     # The data folder itself was never written to (only the touched file's mtime moved).
     after = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, fs in os.walk(data) for f in fs}
     assert set(after) == set(before) and sum(after[k] != before[k] for k in after) == 1
@@ -318,7 +324,7 @@ def test_tfds_gtzan_under_mock_data(tmp_path):
         splits.make_split(cfg_for("tfds:gtzan", split="fault-filtered"), ds)
     assert all(GENRES[l] == n.split("/")[0] for l, n in zip(ds.labels, ds.names))
     # Same examples, same audio (as int16), whatever TFDS's order.
-    got = sorted((int(l), ds.audio[i, :ds.lengths[i]].tobytes()) for i, l in enumerate(ds.labels))
+    got = sorted((int(l), ds.song(i).tobytes()) for i, l in enumerate(ds.labels))
     want = sorted((l, np.clip(a, -32768, 32767).astype(np.int16).tobytes()) for l, a in oracle)
     assert got == want
     assert np.all(np.abs(half.lengths - np.ceil(ds.lengths / 2)) <= 1)  # resampled to 11025 Hz
@@ -348,7 +354,7 @@ def test_tfds_gtzan_from_a_manual_archive(tmp_path, monkeypatch):
     assert ds.names == tuple(songs) and ds.class_names == GENRES and list(ds.labels) == [0, 9]
     for i, name in enumerate(ds.names):
         pcm, _ = sf.read(tmp_path / "src" / "genres" / name, dtype="int16")
-        assert np.array_equal(ds.audio[i, :ds.lengths[i]], pcm)
+        assert np.array_equal(ds.song(i), pcm)
 
 
 def test_tfds_without_the_extra_says_how_to_install_it(monkeypatch):
