@@ -1,7 +1,7 @@
 """Audio in memory, splits by song, and the pure batch sampler.
 
 A `Dataset` is every song of a collection end to end in one int16 array (16-bit, like the files; half
-the memory of float32, so GTZAN is ~0.6 GB; nothing is padded to the longest song) with per-song offsets,
+the memory of float32, so GTZAN is ~1.3 GB; nothing is padded to the longest song) with per-song offsets,
 lengths, labels and names. Training never sees a file: it sees
 
     sample_batch(seed, step, ...) -> Batch(songs, offsets, gains)     a pure function of (seed, step)
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import io
 import os
 from typing import NamedTuple
 
@@ -129,6 +130,61 @@ def save_npy_atomic(path: str, array: np.ndarray) -> None:
     """np.save to `path`, atomically (see _write_atomic)."""
     # The temporary ends in .npy, so np.save keeps its name.
     _write_atomic(path, f"{path}.tmp{os.getpid()}.npy", lambda tmp: np.save(tmp, array))
+
+
+class SampleSink:
+    """Where decoded songs go, sample by sample: a new .npy file of `total` int16 samples, preallocated and
+    written in place with os.pwrite (the pages sit in the page cache, not in the writer's memory), or, with
+    path None, an array in memory. Used by loaders to decode a library without holding it twice."""
+
+    def __init__(self, path: str | None, total: int):
+        self.path, self.fd = path, None
+        if path is None:
+            self.array = np.zeros(total, np.int16)  # calloc: pages never written cost nothing
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        # Preallocated (sparse: holes until written), header written by numpy; then written in place.
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.int16, shape=(max(total, 1),))
+        self.start = header.offset
+        del header
+        self.fd = os.open(path, os.O_RDWR)
+
+    def write(self, pos: int, x: np.ndarray) -> None:
+        """int16 [n] at sample `pos`."""
+        if self.fd is None:
+            self.array[pos:pos + len(x)] = x
+            return
+        buf = memoryview(np.ascontiguousarray(x, np.int16)).cast("B")
+        done = 0
+        while done < len(buf):  # pwrite may write less than asked (signals, some file systems)
+            done += os.pwrite(self.fd, buf[done:], self.start + 2 * pos + done)
+
+    def move(self, src: int, dst: int, n: int, chunk: int = 1 << 22) -> None:
+        """Samples [src, src + n) to [dst, dst + n), dst < src, in chunks (closes gaps left by skipped files)."""
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            if self.fd is None:
+                self.array[dst + i:dst + i + m] = self.array[src + i:src + i + m]
+            else:
+                self.write(dst + i, np.frombuffer(os.pread(self.fd, 2 * m, self.start + 2 * (src + i)), np.int16))
+
+    def finish(self, total: int) -> np.ndarray:
+        """Keep the first `total` samples -> int16 [total] (the file read back memory-mapped, read only)."""
+        if self.fd is None:
+            return self.array[:total]
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<i2", "fortran_order": False, "shape": (total,)})
+        if len(header.getvalue()) == self.start:  # the header of a shorter shape fits the same bytes: shrink
+            os.pwrite(self.fd, header.getvalue(), 0)
+            os.ftruncate(self.fd, self.start + 2 * total)
+        os.fsync(self.fd)
+        self.close()
+        return np.load(self.path, mmap_mode="r")[:total]
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def synthetic(*, clips_per_class: int, seconds: float, sample_rate: int, seed: int, cache: str = "") -> Dataset:

@@ -2,7 +2,7 @@
 
 Both feeds take their examples from `data.sample_batch(seed, step)`, so they give the same batches and the
 same metrics (a test checks); they differ only in what crosses to the device per step:
-- ResidentFeed: the whole int16 data set is put on every device once (GTZAN: ~0.6 GB); each call ships
+- ResidentFeed: the whole int16 data set is put on every device once (GTZAN: ~1.3 GB); each call ships
   only indices (song, offset, gain, label: 16 bytes an example) and the step slices crops on the device.
 - StreamFeed: the host slices crops (2 bytes a sample) and prepares the next call's batch in a
   background thread while the device runs the current one (double buffering).

@@ -11,10 +11,16 @@ from their parent folders too. A genre is a sub-folder of the root; its songs ar
 cfg.sample_rate (scipy.signal.resample_poly). A file that does not decode, is truncated, empty, silent or
 holds NaN/inf (GTZAN's jazz.00054 is one) is skipped with a warning; bad folders are one-line DataErrors.
 
-Cache. The decoded int16 audio goes to <cache_dir>/folder-<key>.audio.npy (memory-mapped when read back)
-with names and labels in folder-<key>.meta.npz, keyed by every audio file's (relative path, size, mtime)
-and the sample rate: a second run starts in seconds, and adding, removing or touching a file rebuilds it.
-A cache that does not load or does not match is rebuilt, never trusted. The data folder is never written.
+Cache. Each file's decoded length is known from its header, so the songs are decoded block by block
+(decode.py) straight into their places in one preallocated int16 .npy file, songs end to end, under
+<cache_dir>/folder-<key>.audio.npy (memory-mapped when read back), with offsets, lengths, names and labels
+in folder-<key>.meta.npz. The key is the folder's real path and the sample rate; the meta file holds a
+fingerprint of every audio file's (relative path, size, mtime) and CACHE_VERSION: a second run starts in
+seconds, and adding, removing or touching a file rebuilds the entry in place (one entry per folder and
+rate, never one per state of it). Files are replaced by atomic renames, the audio first, then the meta
+file naming the audio file (inode, size, mtime) it belongs to, so a reader sees a matching pair or
+rebuilds. A cache that does not load or does not match is rebuilt, never trusted. The data folder is
+never written.
 
 TFDS (`pip install -e '.[tfds]'`). `tfds:gtzan` reads TFDS's "gtzan" builder (1000 wav files, 22050 Hz):
 names are "<genre>/<audio/filename>" so the fault-filtered lists match. A data dir already prepared
@@ -30,7 +36,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import importlib.util
-import io
 import os
 import re
 import sys
@@ -201,60 +206,6 @@ def _genre_root(files: list[tuple[str, ...]], root: str) -> tuple[str, ...]:
                         f"(<data>/<genre>/<song>.wav)")
 
 
-class _Sink:
-    """Where decoded songs go: a new .npy file of `total` int16 samples (written with os.pwrite, so the
-    pages sit in the page cache, not in this process's memory) or, with path None, an array in memory."""
-
-    def __init__(self, path: str | None, total: int):
-        self.path, self.fd = path, None
-        if path is None:
-            self.array = np.zeros(total, np.int16)  # calloc: pages never written cost nothing
-            return
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        # Preallocated (sparse: holes until written), header written by numpy; then written in place.
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.int16, shape=(max(total, 1),))
-        self.start = header.offset
-        del header
-        self.fd = os.open(path, os.O_RDWR)
-
-    def write(self, pos: int, x: np.ndarray) -> None:
-        """int16 [n] at sample `pos`."""
-        if self.fd is None:
-            self.array[pos:pos + len(x)] = x
-            return
-        buf = memoryview(np.ascontiguousarray(x, np.int16)).cast("B")
-        done = 0
-        while done < len(buf):  # pwrite may write less than asked (signals, some file systems)
-            done += os.pwrite(self.fd, buf[done:], self.start + 2 * pos + done)
-
-    def move(self, src: int, dst: int, n: int, chunk: int = 1 << 22) -> None:
-        """Samples [src, src + n) to [dst, dst + n), dst < src, in chunks (closes gaps left by skipped files)."""
-        for i in range(0, n, chunk):
-            m = min(chunk, n - i)
-            if self.fd is None:
-                self.array[dst + i:dst + i + m] = self.array[src + i:src + i + m]
-            else:
-                self.write(dst + i, np.frombuffer(os.pread(self.fd, 2 * m, self.start + 2 * (src + i)), np.int16))
-
-    def finish(self, total: int) -> np.ndarray:
-        """Keep the first `total` samples -> int16 [total] (the file read back memory-mapped, read only)."""
-        if self.fd is None:
-            return self.array[:total]
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {"descr": "<i2", "fortran_order": False, "shape": (total,)})
-        if len(header.getvalue()) == self.start:  # the header of a shorter shape fits the same bytes: shrink
-            os.pwrite(self.fd, header.getvalue(), 0)
-            os.ftruncate(self.fd, self.start + 2 * total)
-        os.fsync(self.fd)
-        self.close()
-        return np.load(self.path, mmap_mode="r")[:total]
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 def _decode_folder(groot: str, songs: list[str], sample_rate: int, n_bytes: int, path: str | None
                    ) -> tuple[data.Dataset, list[tuple[str, str]]]:
     """Decode every song into one int16 array, songs end to end -> (Dataset, [(name, why)] skipped).
@@ -275,7 +226,7 @@ def _decode_folder(groot: str, songs: list[str], sample_rate: int, n_bytes: int,
         except DataError as e:
             why[i] = str(e).replace(os.path.join(groot, ""), "")
     reserved = np.concatenate([[0], np.cumsum(sizes)])  # [n + 1] where each song's room starts
-    sink = _Sink(path, int(reserved[-1]))
+    sink = data.SampleSink(path, int(reserved[-1]))
 
     def one(i: int) -> tuple[int, str]:
         if i in why:

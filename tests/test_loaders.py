@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, SHARED, run_module
+from crnn_jax import data as data_lib
 from crnn_jax import loaders, splits
 from crnn_jax.config import Config
 from crnn_jax.data import DataError
@@ -187,6 +188,21 @@ def test_cache_is_reused_rebuilt_on_change_and_never_trusted_when_corrupt(tmp_pa
     assert set(after) == set(before) and sum(after[k] != before[k] for k in after) == 1
 
 
+def test_a_changed_folder_replaces_its_cache_entry(tmp_path, capsys):
+    # The cache never grows with the states of a folder: one entry per folder and sample rate.
+    data, cache = make_folder(tmp_path / "data", per_genre=2), str(tmp_path / "cache")
+    loaders.load_folder(data, sample_rate=SR, cache=cache)
+    entries = sorted(os.listdir(cache))
+    write(os.path.join(data, "blues", "blues.00000.wav"), tone(999, 8000, 3.0), 8000, subtype="PCM_16")
+    changed = loaders.load_folder(data, sample_rate=SR, cache=cache)
+    assert "the folder changed since it was cached" in capsys.readouterr().err
+    assert sorted(os.listdir(cache)) == entries and len(entries) == 2  # the same .audio.npy and .meta.npz
+    i = changed.names.index("blues/blues.00000.wav")
+    assert changed.lengths[i] == 3 * SR and abs(peak_hz(changed.song(i) / 32768, SR) - 999) < 1
+    again = loaders.load_folder(data, sample_rate=SR, cache=cache)
+    assert "(cached" in capsys.readouterr().err and np.array_equal(again.audio, changed.audio)
+
+
 # --- bad files -----------------------------------------------------------------------------------------------
 def bad_files(folder):
     """name -> expected reason, written into <folder>/bad/ (plus fine files in <folder>/good and /bad)."""
@@ -218,6 +234,10 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, capsys):
     expected = bad_files(tmp_path / "data")
     ds = loaders.load_folder(str(tmp_path / "data"), sample_rate=SR, cache=str(tmp_path / "cache"))
     assert ds.names == ("bad/fine.wav", "good/fine.au")
+    # The room reserved for the bad files is given back: the good songs lie back to back, intact.
+    assert ds.audio.shape == (ds.lengths.sum(),) and list(ds.offsets) == [0, ds.lengths[0]]
+    for i, name in enumerate(ds.names):
+        assert np.array_equal(ds.song(i), data_lib.to_int16(loaders.read_audio(str(tmp_path / "data" / name), SR)))
     err = capsys.readouterr().err
     for name, why in expected.items():
         (line,) = [l for l in err.splitlines() if l.startswith(f"data: warning: skipping bad/{name}: ")]
