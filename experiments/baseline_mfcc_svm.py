@@ -70,7 +70,7 @@ def song_features(cfg: Config, ds: data_lib.Dataset, songs: np.ndarray) -> tuple
         s, o = w_song[i:i + BATCH], w_off[i:i + BATCH]
         n = len(s)
         s, o = np.concatenate([s, np.repeat(s[-1:], BATCH - n)]), np.concatenate([o, np.repeat(o[-1:], BATCH - n)])
-        x = data_lib.gather_crops(ds.audio, s, o, crop).astype(np.float32) / data_lib.INT16_SCALE  # [BATCH, crop]
+        x = ds.crops(s, o, crop).astype(np.float32) / data_lib.INT16_SCALE  # [BATCH, crop]
         frames.append(mfcc_frames(np.asarray(logmel(x), np.float64))[:n])  # [n, frames, 40]
     f = np.concatenate(frames)  # [W, frames, 40]
     win = np.concatenate([f.mean(1), f.std(1)], axis=1)  # [W, 80]
@@ -106,7 +106,6 @@ def run(workdir: str, *, log=print) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"--workdir {workdir}: needs a training run's config.json and split.json ({e})") from None
     ds, _ = train_lib.load_data(cfg)
-    ds = ds.min_length(cfg.crop_samples)
     index = {n: i for i, n in enumerate(ds.names)}
     missing = [n for part in split_names.values() for n in part if n not in index]
     if missing:
@@ -147,7 +146,7 @@ def segment_split_demo(folder: str, *, train_share: float = 0.7) -> dict:
     from crnn_jax import loaders
 
     cfg = Config(data=folder)  # the default front end and 3 s windows
-    ds = loaders.load_folder(folder, sample_rate=cfg.sample_rate, cache=cfg.cache_dir).min_length(cfg.crop_samples)
+    ds = loaders.load_folder(folder, sample_rate=cfg.sample_rate, cache=cfg.cache_dir)
     songs = np.arange(len(ds))
     win, w_song, _ = song_features(cfg, ds, songs)
     # eval_windows groups windows by song in order: position of each window within its song, in [0, 1)

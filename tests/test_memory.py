@@ -1,6 +1,6 @@
 """Memory follows the audio: a library of very uneven songs (1 s .. 20 min, wav/flac/ogg/mp3, 44.1 kHz
 stereo, junk and hidden folders beside them) trains and predicts, and the training process's peak resident
-memory stays within 4 x its int16 audio plus the framework's own footprint (the same command on 3 songs)."""
+memory stays within 4 x its int16 audio plus the framework's own footprint (the same command on 9 songs of 2 s)."""
 
 import json
 import math
@@ -27,7 +27,7 @@ def _env():
 def test_peak_memory_follows_the_audio_not_the_longest_song(tmp_path):
     lib, tiny = str(tmp_path / "lib"), str(tmp_path / "tiny")
     names = bench_memory.make_library(lib)
-    bench_memory.make_library(tiny, songs=((2, ".wav"),), long=None)  # 3 songs of 2 s: the footprint
+    bench_memory.make_library(tiny, songs=((2, ".wav"), (2, ".flac"), (2, ".ogg")), long=None)  # 9 x 2 s: the footprint
     audio = bench_memory.audio_bytes(lib, names)
     longest = max(decode.frames_out(os.path.join(lib, n), 22050) for n in names)
     # The bound must be one the padded layout (every song a row as long as the longest) clearly breaks.
