@@ -158,7 +158,8 @@ def load_folder(path: str, *, sample_rate: int, cache: str = "") -> data.Dataset
                              skipped_why=np.array([w for _, w in skipped], str))
         data.save_npy_atomic(f"{cache_path}.audio.npy", ds.audio)
     except OSError as e:  # a read-only cache dir is no reason to fail: run uncached
-        _say(f"warning: could not write the cache {cache_path} ({_one_line(e)})")
+        _say(f"warning: could not write the cache {cache_path} ({_one_line(e)}); running uncached (set "
+             f"--cache-dir to a folder you can write)")
     return ds
 
 
