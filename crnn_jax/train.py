@@ -134,15 +134,6 @@ def train(cfg: Config, *, log=print) -> dict:
         + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f"; {spe} steps/epoch, {total} steps, "
         f"{n_dev} {jax.default_backend()} device(s)" + (f" in {n_proc} processes" if n_proc > 1 else ""))
 
-    if primary:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json())
-        with open(os.path.join(workdir, "classes.json"), "w") as f:  # what predict.py needs to name its outputs
-            json.dump({"class_names": list(ds.class_names)}, f)
-        with open(os.path.join(workdir, "split.json"), "w") as f:
-            json.dump({k: [ds.names[i] for i in v] for k, v in split.items()}, f, indent=1)
-
     net = model_lib.build_model(cfg, len(ds.class_names), axis_name=steps_lib.AXIS)
     tx = steps_lib.make_optimizer(cfg, total)
     state = steps_lib.create_state(net, tx, cfg.crop_samples, cfg.seed)
@@ -160,7 +151,14 @@ def train(cfg: Config, *, log=print) -> dict:
     if restored is not None:
         state, start = restored[0], int(restored[0].step)
         log(f"resumed from checkpoint at step {start}")
-    if primary:
+    if primary:  # written once a checkpoint is known to be usable (or there is none): a refusal changes nothing
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json())
+        with open(os.path.join(workdir, "classes.json"), "w") as f:  # what predict.py needs to name its outputs
+            json.dump({"class_names": list(ds.class_names)}, f)
+        with open(os.path.join(workdir, "split.json"), "w") as f:
+            json.dump({k: [ds.names[i] for i in v] for k, v in split.items()}, f, indent=1)
         for path in (metrics_path, timing_path, train_time_path):  # drop what came after the checkpoint
             if os.path.exists(path):
                 report.truncate_metrics(path, start)

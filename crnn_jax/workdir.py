@@ -66,7 +66,10 @@ def _check_existing(workdir: str, cfg: Config, resumable: set[str], log) -> None
         raise ConfigError(_os_line(e, cfg, "--workdir")) from None
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        if entries:
+        if has_checkpoints(workdir):
+            raise ConfigError(f"--workdir {workdir} holds checkpoints but no config.json to say how they were "
+                              f"trained; put its config.json back, or choose another --workdir")
+        if entries and entries != ["checkpoints"]:  # an empty checkpoints/: ours, from a run that died early
             shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
             raise ConfigError(f"--workdir {workdir} is not empty ({shown}) and holds no crnn_jax run; "
                               f"choose a new or empty folder (its files are left as they are)")

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import types
@@ -123,8 +124,6 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_training_goes_on_from_th
     assert code == 0 and not ours and "Traceback" not in err
     warnings = [l for l in err.splitlines() if "damaged" in l]
     assert len(warnings) == 1
-    import re
-
     assert re.fullmatch(rf"warning: checkpoint 6 in {re.escape(ck)} is damaged \({why}\); moved it to "
                         rf"{re.escape(ck)}-damaged/6 \(kept, not deleted\); resuming from checkpoint 4", warnings[0])
     assert snapshot(os.path.join(ck + "-damaged", "6")) == damaged  # kept byte for byte
@@ -178,23 +177,23 @@ def _oom_at_call(monkeypatch, n):
 def test_out_of_memory_before_a_checkpoint_then_rerun_with_a_smaller_batch(tmp_path, capsys, monkeypatch):
     wd = str(tmp_path / "run")
     with monkeypatch.context() as m:
-        _oom_at_call(m, 1)
-        code, ours, err = run(capsys, "--workdir", wd)
+        _oom_at_call(m, 1)  # the first call, which compiles
+        code, ours, err = run(capsys, "--workdir", wd, "--batch-size", "16")
     assert code == 1 and "Traceback" not in err
-    assert ours == [f"crnn_jax.train: error: out of device memory ({OOM}); lower --batch-size (now 8) or "
+    assert ours == [f"crnn_jax.train: error: out of device memory ({OOM}); lower --batch-size (now 16) or "
                     f"--crop-seconds, or pass --data-placement host to keep the data set off the device"]
-    assert not os.path.exists(os.path.join(wd, "checkpoints")) or not os.listdir(os.path.join(wd, "checkpoints"))
+    assert os.listdir(os.path.join(wd, "checkpoints")) == []
     # No checkpoint yet: the corrected flags are accepted, and config.json says what really ran.
-    code, ours, err = run(capsys, "--workdir", wd, "--batch-size", "4")
+    code, ours, err = run(capsys, "--workdir", wd, "--batch-size", "8")
     assert code == 0 and not ours, err
-    assert load(wd, "config.json")["batch_size"] == 4
+    assert load(wd, "config.json")["batch_size"] == 8
     assert [r["step"] for r in report.read_metrics(os.path.join(wd, "metrics.jsonl")) if "train_loss" in r] == \
            [1, 2, 3, 4, 5, 6]
     # Now it has checkpoints: another batch size is refused, and nothing is touched.
     before = snapshot(wd)
-    code, ours, err = run(capsys, "--workdir", wd, "--batch-size", "8")
+    code, ours, err = run(capsys, "--workdir", wd, "--batch-size", "16")
     assert code == 2 and ours == [f"crnn_jax.train: error: workdir {wd} holds a run with a different config "
-                                  f"(batch_size: 4 -> 8); choose another --workdir"]
+                                  f"(batch_size: 8 -> 16); choose another --workdir"]
     assert snapshot(wd) == before
 
 
@@ -209,7 +208,12 @@ def test_out_of_memory_after_a_checkpoint_keeps_it_and_says_how_to_resume(finish
                     f"--crop-seconds, or pass --data-placement host to keep the data set off the device; to "
                     f"resume {wd} as it is, try --data-placement host or a smaller --steps-per-call (they do not "
                     f"change what is learned)"]
-    code, ours, err = run(capsys, "--workdir", wd, "--data-placement", "host")
+    # What the line suggests is accepted on this workdir (tests/test_feed.py: the same crops and losses)...
+    cfg = train_lib.parse_config(["--config", SMOKE, "--workdir", wd])
+    for change in (dict(data_placement="host"), dict(steps_per_call=1)):
+        train_lib.check_workdir_config(wd, cfg.replace(**change), log=lambda *_: None)
+    # ... and the run resumes from checkpoint 2 to the very lines of a run never stopped.
+    code, ours, err = run(capsys, "--workdir", wd)
     assert code == 0 and not ours
     assert lines(os.path.join(wd, "metrics.jsonl")) == lines(os.path.join(finished, "metrics.jsonl"))
 
@@ -410,24 +414,32 @@ def test_train_seconds_count_every_resumed_segment(tmp_path, capsys, monkeypatch
     assert first < second < first + 300 and second == rows[-1]["train_seconds"]
 
 
-def test_a_cosine_run_refuses_another_total_on_resume(tmp_path, capsys):
+def test_a_cosine_run_refuses_another_total_on_resume(finished, tmp_path, capsys):
+    wd = copy_of(finished, tmp_path)  # its config.json made a cosine run's: the guard reads only that and the
+    saved = load(wd, "config.json")   # checkpoint folders, before anything is built or loaded
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump({**saved, "lr_schedule": "cosine"}, f)
     preset = tmp_path / "cosine.py"
     preset.write_text(f"from crnn_jax.config import load_preset\nconfig = load_preset({SMOKE!r}).replace("
-                      f"lr_schedule='cosine', max_steps=4)\n")
-    wd = str(tmp_path / "run")
-    assert train_lib.main(["--config", str(preset), "--workdir", wd]) == 0
+                      f"lr_schedule='cosine')\n")
     before = snapshot(wd)
-    capsys.readouterr()
-    for flags, asked in ((["--max-steps", "6"], "--max-steps 6"), (["--max-steps", "4", "--epochs", "3"], None)):
+    for flags, asked in ((["--max-steps", "8"], "--max-steps 8"), (["--max-steps", "3"], "--max-steps 3")):
         code = train_lib.main(["--config", str(preset), "--workdir", wd, *flags])
         ours = [l for l in capsys.readouterr().err.splitlines() if l.startswith("crnn_jax.train:")]
-        if asked is None:  # --epochs is moot under --max-steps: the total is the same, and the rerun is allowed
-            assert code == 0 and not ours
-            continue
         assert code == 2 and ours == [f"crnn_jax.train: error: workdir {wd} holds a cosine-schedule run of "
-                                      f"--max-steps 4, whose learning rate decays over that total; it cannot "
-                                      f"resume with {asked}: rerun with --max-steps 4, or choose another --workdir"]
+                                      f"--max-steps 6, whose learning rate decays over that total; it cannot "
+                                      f"resume with {asked}: rerun with --max-steps 6, or choose another --workdir"]
         assert snapshot(wd) == before
+    # The same total is accepted (--epochs is moot under --max-steps); a constant schedule may be extended.
+    cfg = config_lib.load_preset(str(preset)).replace(workdir=wd)
+    train_lib.check_workdir_config(wd, cfg.replace(epochs=3), log=lambda *_: None)
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump({**saved, "lr_schedule": "cosine", "max_steps": None, "epochs": 2}, f)
+    with pytest.raises(ConfigError, match=r"cosine-schedule run of --epochs 2, .* cannot resume with --epochs 3: "):
+        train_lib.check_workdir_config(wd, cfg.replace(max_steps=None, epochs=3), log=lambda *_: None)
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump(saved, f)
+    train_lib.check_workdir_config(wd, cfg.replace(lr_schedule="constant", max_steps=8), log=lambda *_: None)
 
 
 # --- settings checked before any audio is decoded --------------------------------------------------------------
@@ -487,3 +499,19 @@ def test_a_config_that_is_a_folder_is_one_line(tmp_path, capsys):
     assert train_lib.main(["--config", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"crnn_jax.train: error: --config {tmp_path} is a folder; pass a preset file such as experiments/smoke.py"]
+
+
+def test_ctrl_c_while_loading_data_and_a_data_file_are_one_line(tmp_path, capsys, monkeypatch):
+    song = tmp_path / "song.wav"
+    song.write_bytes(b"RIFF")
+    code, ours, err = run(capsys, "--workdir", str(tmp_path / "a"), "--data", str(song))
+    assert code == 2 and ours == [f"crnn_jax.train: error: --data {song} is a file; pass the folder that holds one "
+                                  f"sub-folder per genre"] and "Traceback" not in err
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_lib, "load_data", interrupted)
+    code, ours, err = run(capsys, "--workdir", str(tmp_path / "b"))
+    assert code == 130 and ours == ["crnn_jax.train: interrupted; rerun with the same --workdir to resume"]
+    assert os.listdir(tmp_path / "b") == [] and song.read_bytes() == b"RIFF"
