@@ -7,16 +7,35 @@ With several processes every process calls save and restore (orbax synchronises 
 writes each array). The training state there is host-local, a copy on each process's own devices, which
 orbax refuses to save; it is saved as one global array replicated over every device of the run and
 restored back to the host-local form. The directory must be on a filesystem every process sees.
+
+Damage. Orbax notices a truncated file or a missing one, but not bytes overwritten in place (its array
+files are not checksummed: a flipped byte restores as a wrong number). So every checkpoint also gets
+`crnn_jax.sha256`, the size and SHA-256 of each of its files, written after orbax has finished.
+restore_intact walks from the newest checkpoint down: one that fails its file list or orbax's restore is
+damaged; the newest intact one is restored, and each damaged one newer than it is moved (renamed, never
+deleted) to `<checkpoints>-damaged/<step>` before training goes on, so that neither orbax's max_to_keep
+nor a new save at the same step can remove it.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
-from typing import Any
+import re
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+MANIFEST = "crnn_jax.sha256"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a workdir that has some is intact."""
 
 
 class Checkpointer:
@@ -28,6 +47,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int = 2):
         self.directory = os.path.abspath(directory)
+        self.damaged_directory = self.directory + "-damaged"
         self._mngr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -44,8 +64,90 @@ class Checkpointer:
         all call this with their (equal) host-local copies of the state."""
         if jax.process_count() > 1:
             state = jax.tree.map(_to_global, state)
-        self._mngr.save(step, args=ocp.args.StandardSave(state), force=True)
-        self._mngr.wait_until_finished()
+        try:
+            self._mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+            self._mngr.wait_until_finished()
+        except Exception as e:  # tensorstore reports a full disk as ValueError("... [os_error_code='28']")
+            raise _as_os_error(e, self.directory) from None
+        if jax.process_index() == 0:
+            self._write_manifest(step)
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _write_manifest(self, step: int) -> None:
+        d = self._step_dir(step)
+        files = {rel: _digest(os.path.join(d, rel)) for rel in _files_under(d) if rel != MANIFEST}
+        tmp = os.path.join(d, f".{MANIFEST}.tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(files, f, indent=0, sort_keys=True)
+            os.replace(tmp, os.path.join(d, MANIFEST))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def damage(self, step: int) -> str:
+        """Why checkpoint `step` fails its file list ('' if it has none or matches it)."""
+        d = self._step_dir(step)
+        path = os.path.join(d, MANIFEST)
+        if not os.path.exists(path):
+            return ""  # written by an older version, or killed before the list: orbax's restore decides
+        try:
+            with open(path) as f:
+                files = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return f"its file list {MANIFEST} is unreadable"
+        for rel, (size, digest) in sorted(files.items()):
+            full = os.path.join(d, rel)
+            if not os.path.isfile(full):
+                return f"{rel} is missing"
+            if os.path.getsize(full) != size:
+                return f"{rel} has {os.path.getsize(full)} bytes, {size} were written"
+            if _digest(full)[1] != digest:
+                return f"{rel} differs from what was written"
+        return ""
+
+    def restore_intact(self, like: Any, warn: Callable[[str], None] = print) -> tuple[Any, int] | None:
+        """The newest checkpoint that is intact -> (state like `like`, its step); None when there is none at
+        all. Damaged newer ones are moved to `damaged_directory` (by process 0) with a warning naming each;
+        if every checkpoint is damaged, CheckpointError and nothing is moved."""
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            why = self.damage(step)
+            if not why:
+                try:
+                    state = self.restore(like, step)
+                except jax.errors.JaxRuntimeError:  # the device, not the files (out of memory...)
+                    raise
+                except Exception as e:
+                    why = f"orbax cannot restore it: {_one_line(e)[:200]}"
+            if why:
+                damaged.append((step, why))
+                continue
+            if damaged and jax.process_index() == 0:
+                for bad, bad_why in damaged:
+                    to = self._set_aside(bad)
+                    warn(f"warning: checkpoint {bad} in {self.directory} is damaged ({bad_why}); moved it to "
+                         f"{to} (kept, not deleted); resuming from checkpoint {step}")
+                self._mngr.reload()
+            return state, step
+        if damaged:
+            steps = ", ".join(str(s) for s, _ in damaged)
+            raise CheckpointError(f"no intact checkpoint in {self.directory} (damaged: {steps}; newest: "
+                                  f"{damaged[0][1]}); move that folder aside to start the run over, or choose "
+                                  f"another --workdir")
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        """Rename checkpoint `step` into damaged_directory (as <step>, or <step>-<n> if taken) -> new path."""
+        os.makedirs(self.damaged_directory, exist_ok=True)
+        to, n = os.path.join(self.damaged_directory, str(step)), 1
+        while os.path.lexists(to):
+            to, n = os.path.join(self.damaged_directory, f"{step}-{n}"), n + 1
+        os.rename(self._step_dir(step), to)
+        return to
 
     def restore(self, like: Any, step: int | None = None) -> Any:
         """The checkpoint `step` (default: newest) with the structure, shapes and dtypes of `like` (and its
@@ -61,6 +163,37 @@ class Checkpointer:
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+
+def _files_under(d: str) -> list[str]:
+    """Every file below folder d, as sorted paths relative to d."""
+    out = []
+    for root, _, names in os.walk(d):
+        out += [os.path.relpath(os.path.join(root, n), d) for n in names]
+    return sorted(out)
+
+
+def _digest(path: str) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex) of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return os.path.getsize(path), h.hexdigest()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _as_os_error(e: Exception, directory: str) -> Exception:
+    """An orbax/tensorstore failure that is really the operating system's (disk full, permission denied)
+    -> OSError(errno, strerror, directory); any other error unchanged."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os_error_code='?(\d+)", str(e))
+    code = int(m.group(1)) if m else errno.ENOSPC if "No space left on device" in str(e) else None
+    return OSError(code, os.strerror(code), directory) if code else e
 
 
 def _replicated(devices: list) -> jax.sharding.NamedSharding:

@@ -18,6 +18,7 @@ MODELS = ("crnn", "cnn")
 HEADS = ("softmax", "sigmoid")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
+AUTO_TIME_POOLS = (2, 3, 4, 4)  # = model.CHOI_TIME_POOLS: automatic time pools exist for this many blocks
 
 
 class ConfigError(ValueError):
@@ -107,8 +108,53 @@ class Config:
              f"conv_channels {self.conv_channels} and freq_pools {self.freq_pools} need the same length")
         need(not self.time_pools or len(self.time_pools) == len(self.conv_channels),
              f"time_pools {self.time_pools} needs one entry per conv block ({len(self.conv_channels)})")
+        self._check_network()
         need(self.synth_clips_per_class >= 3, f"synth_clips_per_class must be >= 3, got {self.synth_clips_per_class}")
         need(self.synth_seconds > 0, f"synth_seconds must be > 0, got {self.synth_seconds}")
+
+    def _check_network(self) -> None:
+        """The front end and the pools fit together (checked here, before any audio is decoded): every
+        filter of the mel filterbank covers an FFT bin, every conv block sees >= 1 mel band and >= 1 frame."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        def positive_ints(name: str, xs: tuple) -> None:
+            need(all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in xs),
+                 f"{name} must hold positive integers, got {xs}")
+
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_gru_steps"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                 f"{name} must be a positive integer, got {v!r}")
+        need(self.hop_length <= self.n_fft, f"hop_length {self.hop_length} is longer than the FFT window "
+             f"n_fft {self.n_fft}: audio between frames would be skipped; use hop_length <= n_fft")
+        nyquist = self.sample_rate / 2
+        need(0.0 <= self.f_min, f"f_min must be >= 0 Hz, got {self.f_min}")
+        need(self.f_max <= nyquist, f"f_max {self.f_max} Hz is above the Nyquist frequency of sample_rate "
+             f"{self.sample_rate} Hz; set f_max <= {nyquist:g}")
+        need(self.f_min < self.f_max, f"f_min {self.f_min} Hz must be below f_max {self.f_max} Hz")
+        empty = _empty_mel_filters(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max)
+        need(not empty, f"n_mels {self.n_mels} leaves {empty} empty mel filters at n_fft {self.n_fft} between "
+             f"{self.f_min:g} and {self.f_max:g} Hz; lower n_mels or raise n_fft")
+        need(len(self.conv_channels) >= 1, "conv_channels needs at least one conv block")
+        positive_ints("conv_channels", self.conv_channels)
+        positive_ints("freq_pools", self.freq_pools)
+        positive_ints("time_pools", self.time_pools)
+        positive_ints("gru_units", self.gru_units)
+        need(bool(self.time_pools) or len(self.conv_channels) <= len(AUTO_TIME_POOLS),
+             f"{len(self.conv_channels)} conv blocks but automatic time pools exist for at most "
+             f"{len(AUTO_TIME_POOLS)}; give time_pools, one per block")
+        need(math.prod(self.freq_pools) <= self.n_mels,
+             f"freq_pools {self.freq_pools} pool {math.prod(self.freq_pools)} mel bands into one but n_mels is "
+             f"{self.n_mels}: the last conv block would see no band; raise n_mels or lower the pools")
+        # Frames of one crop, as mel.MelConfig.n_frames counts them (centred STFT).
+        frames = 1 + (self.crop_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length
+        need(not self.time_pools or math.prod(self.time_pools) <= frames,
+             f"a {self.crop_seconds} s crop is {frames} frames, fewer than the {math.prod(self.time_pools)} "
+             f"the time_pools {self.time_pools} reduce to one step; use a longer --crop-seconds or smaller pools")
+        need(self.eval_hop_seconds is None or self.eval_hop_seconds > 0,
+             f"eval_hop_seconds must be > 0, got {self.eval_hop_seconds}")
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -152,8 +198,25 @@ class Config:
         return cls(**clean)
 
 
+def _empty_mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> int:
+    """How many triangles of mel.mel_filterbank would cover no FFT bin (computed here, without numpy or mel,
+    with the same HTK scale: m = 2595 log10(1 + f / 700), n_mels + 2 edges equally spaced in mel). A filter
+    is non-empty when some bin k * sample_rate / n_fft, k <= n_fft // 2, lies strictly between its edges."""
+    to_mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
+    lo, hi = to_mel(f_min), to_mel(f_max)
+    edges = [700.0 * (10.0 ** ((lo + i * (hi - lo) / (n_mels + 1)) / 2595.0) - 1.0) for i in range(n_mels + 2)]
+    df = sample_rate / n_fft  # Hz between FFT bins
+    empty = 0
+    for lower, upper in zip(edges[:-2], edges[2:]):
+        k = math.floor(lower / df) + 1  # the first bin above the lower edge
+        empty += not (k <= n_fft // 2 and k * df < upper)
+    return empty
+
+
 def load_preset(path: str) -> Config:
     """Load `config` (or `get_config()`) from a preset file such as experiments/seed_report.py."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--config {path} is a folder; pass a preset file such as experiments/smoke.py")
     if not os.path.isfile(path):
         raise ConfigError(f"--config: no such preset file: {path}")
     spec = importlib.util.spec_from_file_location(f"crnn_jax_preset_{abs(hash(path))}", path)

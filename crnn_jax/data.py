@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import io
 import os
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -211,8 +212,9 @@ def synthetic(*, clips_per_class: int, seconds: float, sample_rate: int, seed: i
         try:  # labels first: the audio file's presence marks a complete pair (each is written atomically)
             save_npy_atomic(f"{path}.labels.npy", labels)
             save_npy_atomic(f"{path}.audio.npy", audio)
-        except OSError:  # a read-only home is no reason to fail: run uncached
-            pass
+        except OSError as e:  # a read-only home is no reason to fail: run uncached
+            print(f"data: warning: could not write the cache {path} ({e.strerror or e}); running uncached "
+                  f"(set --cache-dir to a folder you can write)", file=sys.stderr)
     names = tuple(f"synthetic/{synth.CLASS_NAMES[l]}/{i:05d}" for i, l in enumerate(labels))
     return Dataset(audio=audio, lengths=np.full(n, n_samples, np.int64), labels=labels.astype(np.int32),
                    names=names, class_names=tuple(synth.CLASS_NAMES), sample_rate=sample_rate)

@@ -121,7 +121,8 @@ def load_folder(path: str, *, sample_rate: int, cache: str = "") -> data.Dataset
         try:
             ds, skipped = _decode_folder(groot, songs, sample_rate, n_bytes, tmp)
         except OSError as e:  # a read-only or full cache dir is no reason to fail: run uncached
-            _say(f"warning: could not write the cache {cache_path} ({_one_line(e)}); decoding into memory")
+            _say(f"warning: could not write the cache {cache_path} ({_one_line(e)}); decoding into memory "
+                 f"(set --cache-dir to a folder you can write)")
             return _decode_folder(groot, songs, sample_rate, n_bytes, None)[0]
         try:  # audio first, then the metadata that names the audio file it belongs to (inode, size, mtime)
             os.replace(tmp, f"{cache_path}.audio.npy")

@@ -14,7 +14,6 @@ the same workdir ends with exactly the metrics of a run never interrupted.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ from crnn_jax import feed as feed_lib
 from crnn_jax import model as model_lib
 from crnn_jax import report
 from crnn_jax import steps as steps_lib
+from crnn_jax import workdir as workdir_lib
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data import DataError
 
@@ -62,23 +62,10 @@ def load_data(cfg: Config) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
     return loaders.load(cfg)
 
 
-def check_workdir_config(workdir: str, cfg: Config) -> None:
-    """Refuse to resume a workdir whose saved config differs in anything that changes what is learned."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is unreadable ({e}); choose another --workdir") from None
-    new = dataclasses.asdict(cfg)
-    diff = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES
-            and json.dumps(old.get(k)) != json.dumps(new.get(k))]
-    if diff:
-        k = diff[0]
-        raise ConfigError(f"workdir {workdir} holds a run with a different config ({k}: {old.get(k)!r} -> "
-                          f"{new.get(k)!r}{' and more' if len(diff) > 1 else ''}); choose another --workdir")
+def check_workdir_config(workdir: str, cfg: Config, log=print) -> None:
+    """Refuse a workdir that is a file, another program's, unwritable, or holds checkpoints of a different
+    config (anything outside RESUMABLE_CHANGES, or the total of a cosine schedule): see workdir.py."""
+    workdir_lib.check(workdir, cfg, RESUMABLE_CHANGES, log)
 
 
 class Evaluator:
@@ -117,7 +104,7 @@ class Evaluator:
 
 def prepare(cfg: Config, workdir: str, log=print) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
     """Check the workdir, print the config, load the data -> (Dataset, split)."""
-    check_workdir_config(workdir, cfg)
+    check_workdir_config(workdir, cfg, log)
     log(f"config:\n{cfg.to_json()}")
     return load_data(cfg)
 
@@ -146,15 +133,6 @@ def train(cfg: Config, *, log=print) -> dict:
         + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f"; {spe} steps/epoch, {total} steps, "
         f"{n_dev} {jax.default_backend()} device(s)" + (f" in {n_proc} processes" if n_proc > 1 else ""))
 
-    if primary:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json())
-        with open(os.path.join(workdir, "classes.json"), "w") as f:  # what predict.py needs to name its outputs
-            json.dump({"class_names": list(ds.class_names)}, f)
-        with open(os.path.join(workdir, "split.json"), "w") as f:
-            json.dump({k: [ds.names[i] for i in v] for k, v in split.items()}, f, indent=1)
-
     net = model_lib.build_model(cfg, len(ds.class_names), axis_name=steps_lib.AXIS)
     tx = steps_lib.make_optimizer(cfg, total)
     state = steps_lib.create_state(net, tx, cfg.crop_samples, cfg.seed)
@@ -166,15 +144,28 @@ def train(cfg: Config, *, log=print) -> dict:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     # Wall times live apart from metrics.jsonl, which two runs of one config reproduce bit for bit.
     timing_path = os.path.join(workdir, "timing.jsonl")
+    train_time_path = os.path.join(workdir, workdir_lib.TRAIN_TIME)  # training seconds at each checkpoint
     start = 0
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-        start = int(state.step)
+    restored = ckpt.restore_intact(state, warn=lambda m: print(m, file=sys.stderr) if primary else None)
+    if restored is not None:
+        state, start = restored[0], int(restored[0].step)
         log(f"resumed from checkpoint at step {start}")
-    if primary:
-        for path in (metrics_path, timing_path):  # drop what came after the checkpoint (or everything)
+    if primary:  # written once a checkpoint is known to be usable (or there is none): a refusal changes nothing
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json())
+        with open(os.path.join(workdir, "classes.json"), "w") as f:  # what predict.py needs to name its outputs
+            json.dump({"class_names": list(ds.class_names)}, f)
+        with open(os.path.join(workdir, "split.json"), "w") as f:
+            json.dump({k: [ds.names[i] for i in v] for k, v in split.items()}, f, indent=1)
+        for path in (metrics_path, timing_path, train_time_path):  # drop what came after the checkpoint
             if os.path.exists(path):
                 report.truncate_metrics(path, start)
+    # Segments before this one: their training seconds, and the validation lines already written (a rerun of
+    # a finished run, or one killed before results.json, must not write its last validation twice).
+    seconds_before = workdir_lib.train_seconds_at(report.read_metrics(train_time_path), start)
+    logged = {p: {r["step"] for r in report.read_metrics(p) if "eval_accuracy" in r}
+              for p in (metrics_path, timing_path)}
     # A resumed run counts on from the wall time logged at its checkpoint's step (time spent dead excluded).
     clock0 = t_start
     if primary and os.path.exists(timing_path):
@@ -191,10 +182,12 @@ def train(cfg: Config, *, log=print) -> dict:
     append_metrics = report.append_metrics if primary else lambda *_: None
 
     def log_eval(step: int, ev: dict) -> None:
-        append_metrics(metrics_path, {"step": step, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
-                                      "eval_window_accuracy": ev["window_accuracy"]})
-        append_metrics(timing_path, {"step": step, "seconds": round(time.time() - clock0, 3),
-                                     "eval_accuracy": ev["accuracy"]})
+        if step not in logged[metrics_path]:
+            append_metrics(metrics_path, {"step": step, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
+                                          "eval_window_accuracy": ev["window_accuracy"]})
+        if step not in logged[timing_path]:
+            append_metrics(timing_path, {"step": step, "seconds": round(time.time() - clock0, 3),
+                                         "eval_accuracy": ev["accuracy"]})
 
     pending: list = []  # (first step, device metrics [devices, k]) not yet checked and written
 
@@ -218,7 +211,7 @@ def train(cfg: Config, *, log=print) -> dict:
             log(f"step {row['step']}/{total}  loss {row['train_loss']:.4f}  accuracy {row['train_accuracy']:.3f}")
 
     bar = _progress(total, start, primary)
-    t0 = time.time()
+    t0, train_seconds = time.time(), seconds_before  # up to the last checkpoint, every segment
     chunks = feed_lib.plan(start, total, cfg.steps_per_call, [cfg.log_every, eval_every, ckpt_every])
     for step, k, batch in feed.calls(chunks):
         state, m = p_train(state, feed.audio, batch)
@@ -231,10 +224,11 @@ def train(cfg: Config, *, log=print) -> dict:
             flush()
             log_eval(done, evaluate(state, split["valid"]))
         if done % ckpt_every == 0 or done == total:
-            flush()
+            flush()  # its seconds first: any checkpoint a run resumes from has its line
+            train_seconds = seconds_before + time.time() - t0
+            append_metrics(train_time_path, {"step": done, "train_seconds": train_seconds})
             ckpt.save(done, state)
     bar.close()
-    train_seconds = time.time() - t0
     ckpt.close()
 
     results = {"steps": total, "train_seconds": train_seconds, "resumed_from": start or None}
@@ -327,13 +321,21 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cfg = None
     try:
         args = parse_args(argv)
         dist.initialize(dist.launch_of(args))  # before any other JAX call, jax.default_backend() included
-        train(config_of(args))
-    except (ConfigError, DataError) as e:
+        cfg = config_of(args)
+        train(cfg)
+    except (ConfigError, DataError, ckpt_lib.CheckpointError) as e:
         print(f"crnn_jax.train: error: {e}", file=sys.stderr)
         return 2
+    except (OSError, MemoryError, jax.errors.JaxRuntimeError) as e:  # out of memory, disk full, permissions
+        line = workdir_lib.explain(e, cfg)
+        if line is None:
+            raise
+        print(f"crnn_jax.train: error: {line}", file=sys.stderr)
+        return 1
     except Diverged as e:
         print(f"crnn_jax.train: stopped: {e}", file=sys.stderr)
         return 1

@@ -221,7 +221,7 @@ def test_each_process_feeds_exactly_its_devices_rows_of_the_global_batch():
     ds = data_lib.Dataset(audio=rng.integers(-3000, 3000, (6, 900)).astype(np.int16), lengths=np.full(6, 900),
                           labels=np.arange(6, dtype=np.int32) % 2, names=tuple("abcdef"), class_names=("x", "y"),
                           sample_rate=1000)
-    cfg = config_lib.Config(sample_rate=1000, crop_seconds=0.2, batch_size=8, seed=5)
+    cfg = config_lib.Config(sample_rate=1000, f_max=500.0, crop_seconds=0.2, batch_size=8, seed=5)
     chunks = [(0, 2), (2, 1)]
     for kind in (feed_lib.StreamFeed, feed_lib.ResidentFeed):
         whole = list(kind(ds, cfg, np.arange(6), 4).calls(chunks))

@@ -37,7 +37,7 @@ def test_resident_and_streamed_feeds_give_the_same_crops():
     audio = rng.integers(-30000, 30000, (4, 1000)).astype(np.int16)
     ds = data_lib.Dataset(audio=audio, lengths=lengths, labels=np.array([0, 1, 0, 1], np.int32),
                           names=("a", "b", "c", "d"), class_names=("x", "y"), sample_rate=1000)
-    cfg = config_lib.Config(sample_rate=1000, crop_seconds=0.3, batch_size=4, seed=3)
+    cfg = config_lib.Config(sample_rate=1000, f_max=500.0, crop_seconds=0.3, batch_size=4, seed=3)
     songs = np.arange(4)
     resident = feed_lib.ResidentFeed(ds, cfg, songs, 1)
     stream = feed_lib.StreamFeed(ds, cfg, songs, 1)
