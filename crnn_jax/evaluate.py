@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"crnn_jax.evaluate: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # --out unwritable or the disk full: the results were not written
+        print(f"crnn_jax.evaluate: error: cannot write {e.filename or 'the results'} ({e.strerror or e}); "
+              "name another --out", file=sys.stderr)
+        return 2
     return 0
 
 
