@@ -34,7 +34,7 @@ from crnn_jax import steps as steps_lib
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data import DataError
 from crnn_jax.cli import HelpFormatter
-from crnn_jax.evaluate import Evaluator  # noqa: F401  (train.Evaluator: the name other code used)
+from crnn_jax.evaluate import Evaluator
 
 
 class Diverged(RuntimeError):

@@ -46,8 +46,9 @@ def run(music, tmp_path_factory):
     cfg = config_lib.load_preset(SMOKE).replace(data=music, max_steps=8, eval_hop_seconds=0.5,
                                                 workdir=str(tmp_path_factory.mktemp("eval") / "run"))
     results = train_lib.train(cfg, log=lambda *_: None)
-    export_lib.main(["--workdir", cfg.workdir, "--out", str(tmp_path_factory.mktemp("model") / "m.crnn")])
-    return cfg.workdir, results, str(tmp_path_factory.getbasetemp() / "model0" / "m.crnn")
+    model = str(tmp_path_factory.mktemp("model") / "m.crnn")
+    assert export_lib.main(["--workdir", cfg.workdir, "--out", model]) == 0
+    return cfg.workdir, results, model
 
 
 def load(out):
