@@ -422,10 +422,13 @@ _SUBCOMMANDS = {
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m crnn_jax.bench", description=__doc__.split("\n")[0])
+    from crnn_jax.cli import HelpFormatter  # every flag's help ends with its default
+
+    parser = argparse.ArgumentParser(prog="crnn-jax bench", description=__doc__.split("\n")[0],
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, run, help_text) in _SUBCOMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text))
+        add_args(sub.add_parser(name, help=help_text, formatter_class=HelpFormatter))
         sub.choices[name].set_defaults(func=run)
     args = parser.parse_args(argv)
     try:

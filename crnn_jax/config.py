@@ -238,6 +238,58 @@ def load_preset(path: str) -> Config:
     return cfg
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """One `--set field=value` -> (field, value), the value parsed by the Config field's type: int, float,
+    str, bool (true/false/1/0/yes/no), tuples as comma lists ("" = empty), "None" where the field allows it.
+    Works for every field of Config, whoever added it. ConfigError (one line) for an unknown field or a bad value."""
+    import difflib
+    import typing
+
+    name, eq, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    hints = typing.get_type_hints(Config)
+    if not eq or not name:
+        raise ConfigError(f"--set {text!r}: write field=value, e.g. --set n_mels=64")
+    if name not in hints:
+        close = difflib.get_close_matches(name, list(hints), n=1)
+        raise ConfigError(f"--set {text!r}: Config has no field {name!r}"
+                          + (f" (did you mean {close[0]}?)" if close else f"; fields: {', '.join(hints)}"))
+    try:
+        return name, _parse_typed(raw.strip(), hints[name])
+    except (TypeError, ValueError):
+        raise ConfigError(f"--set {text!r}: {raw.strip()!r} is not a valid {_type_name(hints[name])} "
+                          f"for {name}") from None
+
+
+def _parse_typed(raw: str, typ: Any) -> Any:
+    import types
+    import typing
+
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # X | None
+        if type(None) in args and raw.lower() in ("none", "null"):
+            return None
+        (typ,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(typ)
+    if typing.get_origin(typ) is tuple:
+        return tuple(_parse_typed(v.strip(), args[0]) for v in raw.strip("()[]").split(",") if v.strip())
+    if typ is bool:
+        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if raw.lower() not in words:
+            raise ValueError(raw)
+        return words[raw.lower()]
+    if typ is float:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
+    return typ(raw)  # int, str
+
+
+def _type_name(typ: Any) -> str:
+    return str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
 def default_config(backend: str) -> Config:
     """What `python -m crnn_jax.train` runs with no --config: the built-in synthetic set.
 

@@ -93,10 +93,6 @@ class Dataset:
         past a song's end a crop reads zeros (a song shorter than a crop, crop at offset 0)."""
         return gather_crops(self.audio, songs, offsets, crop, starts=self.offsets, lengths=self.lengths)
 
-    def min_length(self, samples: int) -> "Dataset":
-        """No-op, kept for callers of the padded layout: crops past a song's end read zeros anyway."""
-        return self
-
 
 def cache_dir(cfg_cache_dir: str = "") -> str:
     """Where decoded audio is cached: the config's cache_dir, $CRNN_JAX_CACHE or ~/.cache/crnn_jax."""

@@ -1,15 +1,18 @@
-"""`python -m crnn_jax.predict`: the genres of your own songs, from a trained workdir.
+"""`crnn-jax predict`: the genres of your own songs, from a trained workdir or a model file.
 
-    python -m crnn_jax.predict --workdir runs/crnn-genres-seed0 song.wav other.flac
-    python -m crnn_jax.predict --workdir RUN song.wav --json            # one JSON document
-    python -m crnn_jax.predict --workdir RUN song.wav --plot timeline.png
+    crnn-jax predict --workdir runs/crnn-genres-seed0 song.wav other.flac   # = python -m crnn_jax.predict
+    crnn-jax predict --model genres.crnn ~/Music --csv genres.csv           # folders, searched recursively
+    crnn-jax predict --workdir RUN song.wav --json                          # one JSON document
+    crnn-jax predict --workdir RUN song.wav --plot timeline.png
 
-A song is scored exactly as evaluation scores a test song (train.Evaluator): cut into windows of the
+A song is scored exactly as evaluation scores a test song (evaluate.Evaluator): cut into windows of the
 training crop (data.eval_windows, hop = eval hop), each window through the network with its stored
 parameters (the book's theta, running BatchNorm averages, no dropout), and the per-window
 log-probabilities averaged over the song. Windows go through one jitted forward in fixed-size batches,
-so a ten-minute song needs no more device memory than a batch of windows. Nothing in the workdir is
-ever written.
+so a ten-minute song needs no more device memory than a batch of windows. Files are decoded one after
+another (each once, as mono at the model's rate) and nothing of one is kept for the next, so memory is
+one song plus one batch of windows however many files there are. Nothing in the workdir or beside the
+model file is ever written.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ import numpy as np
 
 from crnn_jax import checkpoint as ckpt_lib
 from crnn_jax import data as data_lib
+from crnn_jax import evaluate as eval_lib
 from crnn_jax import model as model_lib
 from crnn_jax import steps as steps_lib
+from crnn_jax.cli import HelpFormatter
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data import DataError
+from crnn_jax.splits import AUDIO_EXTS
 
 DEFAULT_BATCH = 16  # windows per forward call: 48 s of audio at 3 s crops
 
@@ -50,6 +56,15 @@ class Predictor:
         # not a closure, so the parameters are not baked into the program as constants.
         self._eval = jax.jit(steps_lib.make_eval_step(net, head=cfg.head))
         self._gains = np.ones(batch_size, np.float32)
+
+    @classmethod
+    def from_file(cls, path: str, *, batch_size: int = DEFAULT_BATCH) -> "Predictor":
+        """A model file written by `crnn-jax export` (export.py) -> Predictor; export.ModelFileError (one
+        line) for a missing, foreign, damaged or other-version file."""
+        from crnn_jax import export
+
+        cfg, class_names, state = export.read_model(path)
+        return cls(cfg, class_names, state, batch_size=batch_size)
 
     @property
     def sample_rate(self) -> int:
@@ -74,17 +89,13 @@ class Predictor:
         crop = self.cfg.crop_samples
         # The model saw int16 audio in training and evaluation; quantise the same way so a song decoded
         # from a 16-bit file gives bit-for-bit the windows the Evaluator gives.
-        row = data_lib.to_int16(audio)[None]  # [1, samples]
-        row = np.pad(row, ((0, 0), (0, max(0, crop - row.shape[1]))))  # [1, max(samples, crop)]
+        song = data_lib.to_int16(audio)  # [samples]
+        song = np.pad(song, (0, max(0, crop - song.size)))  # [max(samples, crop)]
         _, starts = data_lib.eval_windows(np.array([audio.size]), np.array([0]), crop=crop,
                                           hop=self.cfg.eval_hop_samples)
         out = []
-        for i in range(0, len(starts), self.batch_size):
-            o = starts[i:i + self.batch_size]
-            n = len(o)
-            o = np.concatenate([o, np.repeat(o[-1:], self.batch_size - n)])  # one shape: pad, drop outputs
-            crops = data_lib.gather_crops(row, np.zeros(self.batch_size, np.int64), o, crop)  # [batch, crop]
-            out.append(self._forward(crops)[:n])
+        for _, o, n in eval_lib.padded_batches(np.zeros(len(starts), np.int64), starts, self.batch_size):
+            out.append(self._forward(eval_lib.song_crops(song, o, crop))[:n])  # [n, C] of [batch_size, crop]
         return np.concatenate(out), starts
 
     def predict(self, audio: np.ndarray, *, top: int = 3) -> dict:
@@ -102,10 +113,7 @@ class Predictor:
             raise ValueError(f"top must be >= 1, got {top}")
         logp, starts = self.window_log_probs(audio)  # [W, C], [W]
         mean = logp.astype(np.float64).mean(axis=0)  # [C]
-        if self.cfg.head == "softmax":
-            probs = np.exp(mean - np.logaddexp.reduce(mean))
-        else:
-            probs = np.exp(mean)
+        probs = eval_lib.song_probabilities(mean, self.cfg.head)
         order = np.argsort(-probs, kind="stable")[:top]
         return {
             "top": [{"genre": self.class_names[i], "probability": float(probs[i])} for i in order],
@@ -175,9 +183,11 @@ def _stored_shapes(ck_dir: str, step: int) -> dict[tuple[str, ...], tuple[int, .
     import orbax.checkpoint as ocp
     from etils import epath
 
-    # checkpoint.Checkpointer saves one item, which orbax's CheckpointManager names "default".
+    # checkpoint.Checkpointer saves one item, which orbax's CheckpointManager names "default"; orbax wants
+    # an absolute path (a relative --workdir failed here with "Checkpoint path should be absolute").
     try:
-        return _flat_shapes(ocp.StandardCheckpointHandler().metadata(epath.Path(ck_dir) / str(step) / "default"))
+        return _flat_shapes(ocp.StandardCheckpointHandler().metadata(
+            epath.Path(os.path.abspath(ck_dir)) / str(step) / "default"))
     except Exception as e:  # missing or damaged metadata: the checkpoint cannot be used either way
         raise ConfigError(f"checkpoint {step} in {ck_dir} is unreadable ({' '.join(str(e).split())[:200]})") from None
 
@@ -253,48 +263,128 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m crnn_jax.predict", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="a training run's workdir")
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format soundfile decodes)")
-    p.add_argument("--top", type=int, default=3, help="genres listed per file (default 3)")
+    p = _Parser(prog="crnn-jax predict", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", metavar="RUN", help="a training run's workdir, relative or absolute (its newest "
+                     "checkpoint)")
+    src.add_argument("--model", metavar="FILE", help="a model file written by `crnn-jax export`")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help=f"audio files, or folders searched recursively for {'/'.join(AUDIO_EXTS)} "
+                        "(hidden files and folders skipped)")
+    p.add_argument("--top", type=int, default=3, help="genres listed per file")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
-    p.add_argument("--plot", metavar="PNG", help="genre probabilities over time (one file only)")
+    p.add_argument("--csv", metavar="CSV", help="also write one row per audio file: path, genre, probability, "
+                   "then one probability column per genre (default: no table)")
+    p.add_argument("--plot", metavar="PNG", help="genre probabilities over time (one file only; default: no plot)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="windows per forward call")
     args = p.parse_args(argv)
     if args.top < 1:
         raise ConfigError(f"--top must be >= 1, got {args.top}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.plot and len(args.files) != 1:
-        raise ConfigError(f"--plot draws one song's timeline; got {len(args.files)} files")
+    if args.plot and (len(args.files) != 1 or os.path.isdir(args.files[0])):
+        raise ConfigError(f"--plot draws one song's timeline; got {len(args.files)} files"
+                          if len(args.files) != 1 else f"--plot draws one song's timeline; {args.files[0]} is a folder")
+    if args.csv and os.path.isdir(args.csv):
+        raise ConfigError(f"--csv {args.csv} is a folder; name the file to write")
     return args
 
 
+def audio_files(paths: list[str]) -> tuple[list[str], dict[str, int]]:
+    """FILE arguments -> (audio files in order, {extension: count} of files skipped in folders).
+
+    A file argument is kept whatever its name (the user named it). A folder is walked recursively in
+    sorted order, as the training loader walks --data: hidden files and folders (".DS_Store", ".git",
+    "._x.wav") and __MACOSX are skipped silently, files without an audio extension are skipped and counted.
+    """
+    from crnn_jax.loaders import MAX_DEPTH, SKIP_DIRS
+
+    files, skipped = [], {}
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+            depth = len(os.path.relpath(dirpath, path).split(os.sep))
+            dirnames[:] = sorted(d for d in dirnames
+                                 if depth < MAX_DEPTH and not d.startswith(".") and d not in SKIP_DIRS)
+            for fn in sorted(filenames):
+                if fn.startswith("."):
+                    continue
+                ext = os.path.splitext(fn)[1].lower()
+                if ext in AUDIO_EXTS:
+                    files.append(os.path.join(dirpath, fn))
+                else:
+                    skipped[ext or "(no extension)"] = skipped.get(ext or "(no extension)", 0) + 1
+    return files, skipped
+
+
+def _csv_writer(path: str, class_names: tuple[str, ...]):
+    """An open CSV file with its header written -> (file, csv.writer)."""
+    import csv
+
+    f = open(path, "w", newline="")
+    w = csv.writer(f)
+    w.writerow(["path", "genre", "probability", *class_names])
+    return f, w
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0: every file predicted; 1: some file failed (each named on stderr); 2: bad flags or workdir."""
+    """Exit 0: every audio file predicted; 1: some file failed (each named on one line on stderr, the rest
+    predicted); 2: bad flags, workdir, model file or --csv, or no audio file found (nothing predicted)."""
+    from tqdm.auto import tqdm
+
+    out_csv = None
     try:
         args = parse_args(argv)
-        predictor = load_model(args.workdir, batch_size=args.batch_size)
+        predictor = (Predictor.from_file(args.model, batch_size=args.batch_size) if args.model
+                     else load_model(args.workdir, batch_size=args.batch_size))
+        files, skipped = audio_files(args.files)
+        if not files:
+            raise DataError(f"no audio files ({', '.join(AUDIO_EXTS)}) in {', '.join(args.files)}")
+        if args.csv:
+            out_csv, writer = _csv_writer(args.csv, predictor.class_names)
     except (ConfigError, DataError) as e:
         print(f"crnn_jax.predict: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # --csv in a missing or read-only folder
+        print(f"crnn_jax.predict: error: cannot write --csv {args.csv} ({e.strerror or e})", file=sys.stderr)
+        return 2
+    if skipped:
+        print(f"crnn_jax.predict: skipped {sum(skipped.values())} non-audio file(s) in the folders ("
+              + ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items())) + ")", file=sys.stderr)
     docs, failed = [], 0
-    for path in args.files:
-        try:
-            res = predictor.predict(read_song(path, predictor.sample_rate), top=args.top)
-        except (DataError, ValueError) as e:
-            print(f"crnn_jax.predict: error: {e if path in str(e) else f'{path}: {e}'}", file=sys.stderr)
-            failed += 1
-            continue
-        if args.plot:
-            plot_timeline(res, predictor.class_names, args.plot, os.path.basename(path))
-        if args.json:
-            docs.append({"file": path, "top": res["top"], "probabilities": res["probabilities"],
-                         "windows": res["windows"], "seconds": res["seconds"]})
-        else:
-            print(f"{path}: " + ", ".join(f"{t['genre']} {t['probability']:.2f}" for t in res["top"]), flush=True)
+    bar = tqdm(files, unit="file", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    try:
+        for path in bar:
+            try:
+                res = predictor.predict(read_song(path, predictor.sample_rate), top=args.top)
+            except (DataError, ValueError) as e:
+                bar.write(f"crnn_jax.predict: error: {e if path in str(e) else f'{path}: {e}'}", file=sys.stderr)
+                failed += 1
+                continue
+            if args.plot:
+                plot_timeline(res, predictor.class_names, args.plot, os.path.basename(path))
+            if out_csv:
+                best = res["top"][0]
+                writer.writerow([path, best["genre"], f"{best['probability']:.6f}",
+                                 *(f"{res['probabilities'][c]:.6f}" for c in predictor.class_names)])
+                out_csv.flush()  # rows appear as files finish: a long run can be watched, or stopped, midway
+            if args.json:
+                docs.append({"file": path, "top": res["top"], "probabilities": res["probabilities"],
+                             "windows": res["windows"], "seconds": res["seconds"]})
+            else:
+                bar.write(f"{path}: " + ", ".join(f"{t['genre']} {t['probability']:.2f}" for t in res["top"]),
+                          file=sys.stdout)
+    finally:
+        bar.close()
+        if out_csv:
+            out_csv.close()
     if args.json:
         print(json.dumps(docs, indent=1))
+    if failed:
+        print(f"crnn_jax.predict: {failed} of {len(files)} file(s) failed (named above); the rest were predicted",
+              file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -33,6 +33,8 @@ from crnn_jax import steps as steps_lib
 from crnn_jax import workdir as workdir_lib
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data import DataError
+from crnn_jax.cli import HelpFormatter
+from crnn_jax.evaluate import Evaluator
 
 
 class Diverged(RuntimeError):
@@ -66,40 +68,6 @@ def check_workdir_config(workdir: str, cfg: Config, log=print) -> None:
     """Refuse a workdir that is a file, another program's, unwritable, or holds checkpoints of a different
     config (anything outside RESUMABLE_CHANGES, or the total of a cosine schedule): see workdir.py."""
     workdir_lib.check(workdir, cfg, RESUMABLE_CHANGES, log)
-
-
-class Evaluator:
-    """Every window of the given songs through the pmapped eval step -> report.evaluate_scores dict.
-
-    p_eval: `parallel` of make_eval_step(gather=True). n_devices: of the whole run; local: (first, count),
-    this process's devices (default all): it slices only their windows' crops, and the gathered outputs
-    give every process every window's scores.
-    """
-
-    def __init__(self, cfg: Config, ds: data_lib.Dataset, p_eval, n_devices: int,
-                 local: tuple[int, int] | None = None):
-        self.cfg, self.ds, self.p_eval, self.n_devices = cfg, ds, p_eval, n_devices
-        per_device = max(1, -(-max(cfg.batch_size, 64) // n_devices))
-        self.batch = n_devices * per_device  # windows per call, over all devices
-        first, self.n_local = local or (0, n_devices)
-        self.rows = slice(first * per_device, (first + self.n_local) * per_device)  # this process's windows
-
-    def __call__(self, state, songs: np.ndarray) -> dict:
-        cfg, ds = self.cfg, self.ds
-        w_song, w_off = data_lib.eval_windows(ds.lengths, songs, crop=cfg.crop_samples, hop=cfg.eval_hop_samples)
-        out = []
-        for i in range(0, len(w_song), self.batch):
-            s, o = w_song[i:i + self.batch], w_off[i:i + self.batch]
-            n = len(s)
-            pad = self.batch - n  # keep one shape: pad with copies of the last window, drop their outputs
-            s, o = np.concatenate([s, np.repeat(s[-1:], pad)]), np.concatenate([o, np.repeat(o[-1:], pad)])
-            s, o = s[self.rows], o[self.rows]
-            crops = ds.crops(s, o, cfg.crop_samples)  # [batch, crop] int16, zeros past a song's end
-            batch = {"crops": steps_lib.shard(crops, self.n_local),
-                     "gains": steps_lib.shard(np.ones(len(s), np.float32), self.n_local)}
-            logp = np.asarray(self.p_eval(state, batch))[0]  # first local device's copy: [devices, per_device, classes]
-            out.append(logp.reshape(-1, logp.shape[-1])[:n])  # [windows, classes]
-        return report.evaluate_scores(np.concatenate(out), w_song, songs, ds.labels, ds.class_names)
 
 
 def prepare(cfg: Config, workdir: str, log=print) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
@@ -281,6 +249,14 @@ def _progress(total: int, start: int, primary: bool = True):
 
 
 # --- command line ------------------------------------------------------------------------------------------
+def _ints(text: str) -> tuple[int, ...]:
+    """'32,64,64,64' -> (32, 64, 64, 64)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers, e.g. 32,64,64,64") from None
+
+
 FLAGS = {  # flag -> (Config field, type)
     "--data": ("data", str), "--model": ("model", str), "--head": ("head", str), "--epochs": ("epochs", int),
     "--max-steps": ("max_steps", int), "--batch-size": ("batch_size", int), "--crop-seconds": ("crop_seconds", float),
@@ -289,7 +265,48 @@ FLAGS = {  # flag -> (Config field, type)
     "--eval-every": ("eval_every", int), "--split": ("split", str), "--fold": ("fold", int),
     "--precision": ("precision", str), "--steps-per-call": ("steps_per_call", int), "--cache-dir": ("cache_dir", str),
     "--data-placement": ("data_placement", str),
+    "--eval-hop-seconds": ("eval_hop_seconds", float), "--gain-db": ("gain_db", float),
+    "--lr-schedule": ("lr_schedule", str), "--sample-rate": ("sample_rate", int), "--n-mels": ("n_mels", int),
+    "--conv-channels": ("conv_channels", _ints),
 }
+
+# Config field -> what the flag sets, with its unit (the default is appended from the config itself).
+HELP = {
+    "data": "'synthetic', a folder of genre sub-folders, or tfds:gtzan[@DATA_DIR]",
+    "model": "crnn | cnn", "head": "softmax (cross-entropy) | sigmoid (one binary output per genre)",
+    "epochs": "epochs (every training song once per epoch, one random crop each)",
+    "max_steps": "training steps in all (overrides --epochs)",
+    "batch_size": "examples per step, global over all devices and processes",
+    "crop_seconds": "training and evaluation window, s", "learning_rate": "Algorithm 8.6's global learning rate",
+    "dropout": "every dropout rate, in [0, 1) (default: the model's own per-layer rates)",
+    "seed": "seed of parameters, crops, gains and dropout", "workdir": "run folder (default runs/<model>-<data>-seed<seed>)",
+    "log_every": "steps between train-metric lines", "checkpoint_every": "steps between checkpoints",
+    "eval_every": "steps between validation passes (0 = once per epoch)",
+    "split": "random | fault-filtered | kfold:K | a folder with train.txt/valid.txt/test.txt", "fold": "test fold of kfold:K",
+    "precision": "fp32 | bf16 (bf16 convolutions and matmuls)", "steps_per_call": "training steps fused into one device call",
+    "cache_dir": "decoded-audio cache folder (default $CRNN_JAX_CACHE or ~/.cache/crnn_jax)",
+    "data_placement": "auto | device (data set resident on every device) | host (streamed)",
+    "eval_hop_seconds": "hop between evaluation windows, s (default: the crop, no overlap)",
+    "gain_db": "random gain augmentation, uniform in +-GAIN_DB dB (0: none)",
+    "lr_schedule": "constant | cosine (decayed to 0 over the run)", "sample_rate": "Hz every file is resampled to",
+    "n_mels": "mel bands (the conv blocks' frequency pools must fit: their product divides it)",
+    "conv_channels": "channels per conv block, comma list, e.g. 32,64,64,64 (one per frequency pool)",
+}
+
+
+def _default_text(field: str) -> str:
+    """'default X' from Config, plus the CPU/GPU defaults of a plain run where they differ."""
+    base = getattr(Config(), field)
+    per = {b: getattr(config_lib.default_config(b), field) for b in ("cpu", "gpu")}
+    show = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else "none" if v is None else str(v)  # noqa: E731
+    if per["cpu"] == per["gpu"] == base:
+        return f"default {show(base)}"
+    return f"default without --config: {show(per['cpu'])} on CPU, {show(per['gpu'])} on GPU"
+
+
+def flag_help(field: str) -> str:
+    text = HELP.get(field, field.replace("_", " "))
+    return text if "default" in text else f"{text} ({_default_text(field)})"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -299,10 +316,16 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, parsed without touching JAX (distributed.initialize must come first)."""
-    p = _Parser(prog="python -m crnn_jax.train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="preset file, e.g. experiments/seed_report.py")
+    p = _Parser(prog="crnn-jax train", formatter_class=HelpFormatter,
+                description=__doc__.split("\n")[0] + " Flags override the --config preset (or the default for "
+                "this machine) field by field; the defaults shown are a plain run's.")
+    p.add_argument("--config", help="preset file, e.g. experiments/seed_report.py (default: the built-in "
+                   "synthetic set, sized for this machine's backend)")
     for flag, (field, typ) in FLAGS.items():
-        p.add_argument(flag, type=typ, default=None, dest=field)
+        p.add_argument(flag, type=typ, default=None, dest=field, metavar=field.upper(), help=flag_help(field))
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="set_fields",
+                   help="any Config field (crnn_jax/config.py), repeatable, applied after the flags above; "
+                        "tuples as comma lists, None where allowed (default: none)")
     dist.add_flags(p)  # launch parameters: not Config fields, never in config.json
     return p.parse_args(argv)
 
@@ -312,6 +335,7 @@ def config_of(args: argparse.Namespace) -> Config:
     flag given on the command line replaces its field."""
     base = config_lib.load_preset(args.config) if args.config else config_lib.default_config(jax.default_backend())
     overrides = {f: getattr(args, f) for f, _ in FLAGS.values() if getattr(args, f) is not None}
+    overrides.update(config_lib.parse_override(t) for t in getattr(args, "set_fields", []))
     return base.replace(**overrides)
 
 

@@ -13,6 +13,7 @@ import soundfile as sf
 from conftest import ROOT, run_module
 from crnn_jax import config as config_lib
 from crnn_jax import data as data_lib
+from crnn_jax import evaluate as eval_lib
 from crnn_jax import model as model_lib
 from crnn_jax import predict as predict_lib
 from crnn_jax import report
@@ -74,7 +75,7 @@ def test_prediction_matches_the_evaluator_song_score(predictor, songs, run_dir, 
         assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)  # softmax head
         assert max(res["probabilities"].values()) == probs[0]
 
-    # The same songs as a Dataset through train.Evaluator (pmap, int16 rows, its own batching).
+    # The same songs as a Dataset through evaluate.Evaluator (pmap, int16 rows, its own batching).
     lengths = np.array([a.size for a in audio])
     rows = np.zeros((len(audio), max(lengths.max(), cfg.crop_samples)), np.int16)
     for i, a in enumerate(audio):
@@ -88,10 +89,10 @@ def test_prediction_matches_the_evaluator_song_score(predictor, songs, run_dir, 
         seen.update(logp=window_logp, window_song=window_song, songs=song_ids)
         return real(window_logp, window_song, song_ids, *a, **k)
 
-    monkeypatch.setattr(train_lib.report, "evaluate_scores", capture)
+    monkeypatch.setattr(eval_lib.report, "evaluate_scores", capture)
     net = model_lib.build_model(cfg, len(classes), axis_name=steps_lib.AXIS)
     p_eval = steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head, gather=True), state_out=False)
-    ev = train_lib.Evaluator(cfg, ds, p_eval, jax.local_device_count())(
+    ev = eval_lib.Evaluator(cfg, ds, p_eval, jax.local_device_count())(
         steps_lib.place_state(predictor.state), np.arange(len(audio)))
     song_logp = report.song_log_probs(seen["logp"], seen["window_song"], seen["songs"])  # [songs, classes]
     assert [r["windows"] for r in results] == np.bincount(seen["window_song"]).tolist() == [1, 4, 7]
@@ -108,9 +109,9 @@ def test_long_song_goes_through_in_bounded_batches(predictor, tmp_path, monkeypa
     path = str(tmp_path / "long.wav")
     sf.write(path, synth.generate_clip(9, seconds=300.0, sample_rate=sr, seed=3, index=0), sr, subtype="PCM_16")
     calls, gathered = [], []
-    real_forward, real_gather = predictor._forward, data_lib.gather_crops
+    real_forward, real_gather = predictor._forward, eval_lib.song_crops
     monkeypatch.setattr(predictor, "_forward", lambda crops: calls.append(crops.shape) or real_forward(crops))
-    monkeypatch.setattr(data_lib, "gather_crops", lambda a, s, o, c: gathered.append(len(s)) or real_gather(a, s, o, c))
+    monkeypatch.setattr(eval_lib, "song_crops", lambda a, o, c: gathered.append(len(o)) or real_gather(a, o, c))
     res = predictor.predict(predict_lib.read_song(path, sr))
     n_windows = 300 * sr // crop
     assert res["windows"] == n_windows and res["seconds"] == pytest.approx(300.0)
@@ -219,8 +220,9 @@ def test_cli_reports_bad_files_and_predicts_the_rest(run_dir, songs, predictor, 
     out = p.stdout.strip().splitlines()
     assert [line.split(": ")[0] for line in out] == [songs[0], songs[1]]
     err = p.stderr.strip().splitlines()
-    assert len(err) == 2 and "Traceback" not in p.stderr, p.stderr
+    assert len(err) == 3 and "Traceback" not in p.stderr, p.stderr
     assert missing in err[0] and "no such file" in err[0] and corrupt in err[1]
+    assert err[2] == "crnn_jax.predict: 2 of 4 file(s) failed (named above); the rest were predicted"
 
     wd = str(tmp_path / "wd")  # a checkpoint of another model: refused before orbax reads an array
     shutil.copytree(run_dir, wd)
@@ -231,3 +233,95 @@ def test_cli_reports_bad_files_and_predicts_the_rest(run_dir, songs, predictor, 
         f"crnn_jax.predict: error: checkpoint {predictor.state.step} in {os.path.join(wd, 'checkpoints')} does not "
         "match the model that config.json and classes.json describe: params/gru1/cell/hn/bias is (8,) in the "
         "checkpoint, the model needs (4,)"], p.stderr
+
+
+# --- a library: folders in, a table out ---------------------------------------------------------------------
+def make_library(root, sr):
+    """Genre folders of real audio in several formats and rates, beside the junk a music folder holds:
+    -> (the audio files predict must score, relative to root; the damaged one)."""
+    good = []
+    for i, (genre, name, rate, channels, subtype) in enumerate([
+            ("rock", "a.wav", sr, 1, "PCM_16"), ("rock", "b.flac", 44100, 2, "PCM_16"),
+            ("jazz/live", "c.ogg", 44100, 2, "VORBIS"), ("jazz", "d.WAV", 16000, 1, "PCM_24")]):
+        x = synth.generate_clip(i, seconds=2.5, sample_rate=rate, seed=5, index=i)
+        os.makedirs(os.path.join(root, genre), exist_ok=True)
+        sf.write(os.path.join(root, genre, name), np.stack([x] * channels, 1) if channels > 1 else x, rate,
+                 subtype=subtype)
+        good.append(os.path.join(genre, name))
+    os.makedirs(os.path.join(root, ".hidden"))
+    sf.write(os.path.join(root, ".hidden", "e.wav"), synth.generate_clip(1, seconds=1.0, sample_rate=sr, seed=5,
+                                                                        index=9), sr)  # audio, but hidden
+    for junk, data in ((".DS_Store", b"\0\0\0\1Bud1"), ("README.txt", b"my music"), ("rock/cover.jpg", b"\xff\xd8"),
+                       ("rock/._a.wav", b"\0\5\26\7")):
+        with open(os.path.join(root, junk), "wb") as f:
+            f.write(data)
+    with open(os.path.join(root, "jazz", "broken.wav"), "wb") as f:  # a header and nothing playable
+        f.write(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00garbage")
+    return sorted(good), os.path.join("jazz", "broken.wav")
+
+
+def test_library_folder_with_relative_paths_to_csv(run_dir, predictor, tmp_path):
+    # The README's command as a user types it: relative --workdir, a folder, --csv, in their own cwd.
+    shutil.copytree(run_dir, tmp_path / "runs" / "mine")
+    good, broken = make_library(str(tmp_path / "music"), predictor.sample_rate)
+    before = snapshot(str(tmp_path / "runs"))
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONWARNINGS="error::DeprecationWarning,error::FutureWarning")
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "crnn_jax.predict", "--workdir", "runs/mine", "music", "--csv",
+                        "out.csv"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 1, p.stderr  # one file failed, the rest were predicted
+    assert "Traceback" not in p.stderr
+    err = p.stderr.strip().splitlines()
+    assert err[0] == "crnn_jax.predict: skipped 2 non-audio file(s) in the folders (1 .jpg, 1 .txt)", err
+    assert len(err) == 3 and os.path.join("music", broken) in err[1] and "1 of 5 file(s) failed" in err[2], err
+    import csv
+
+    with open(tmp_path / "out.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    header, rows = rows[0], rows[1:]
+    assert header == ["path", "genre", "probability", *predictor.class_names]
+    assert [r[0] for r in rows] == [os.path.join("music", g) for g in good]  # hidden and junk left out, sorted
+    assert [line.split(": ")[0] for line in p.stdout.strip().splitlines()] == [r[0] for r in rows]
+    for r in rows:
+        probs = np.array(r[3:], float)
+        assert r[1] == predictor.class_names[int(probs.argmax())] and float(r[2]) == probs.max()
+        assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+    # The CSV row is the library function's answer for the same file.
+    res = predictor.predict(predict_lib.read_song(str(tmp_path / "music" / good[1]), predictor.sample_rate))
+    np.testing.assert_allclose(np.array(rows[1][3:], float), [res["probabilities"][c] for c in predictor.class_names],
+                               atol=2e-6)
+    assert snapshot(str(tmp_path / "runs")) == before
+
+
+def test_no_audio_in_folder_is_one_line(run_dir, tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    assert predict_lib.main(["--workdir", run_dir, str(tmp_path / "empty"), "--csv", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no audio files" in err[0] and not os.path.exists(tmp_path / "o.csv")
+
+
+def test_memory_follows_one_song_not_the_library(predictor, tmp_path, monkeypatch):
+    # Peak Python/numpy memory while predicting a folder of 6 long songs is that of one song, not six:
+    # songs are decoded one at a time and nothing of one is kept for the next.
+    import tracemalloc
+
+    sr, seconds = predictor.sample_rate, 20.0
+    for n, folder in ((1, "one"), (6, "six")):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            x = synth.generate_clip(i, seconds=seconds, sample_rate=sr, seed=8, index=i)
+            sf.write(str(tmp_path / folder / f"{i}.wav"), x, sr, subtype="PCM_16")
+    monkeypatch.setattr(predict_lib, "load_model", lambda *a, **k: predictor)  # the model is not what is measured
+    song_bytes = int(seconds * sr) * 4  # one song as float32
+    peaks = {}
+    for folder in ("one", "six", "one"):  # "one" twice: the first pass pays one-off allocations
+        tracemalloc.start()
+        assert predict_lib.main(["--workdir", "unused", str(tmp_path / folder)]) == 0
+        peaks[folder] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["one"] > song_bytes  # the measurement sees the song itself
+    assert peaks["six"] < peaks["one"] + song_bytes, peaks  # six songs held at once would add five

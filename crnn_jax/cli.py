@@ -1,0 +1,61 @@
+"""`crnn-jax COMMAND [flags]`: the one console script; each command is a module's main(argv).
+
+    crnn-jax train [--config experiments/x.py] [flags]     = python -m crnn_jax.train
+    crnn-jax predict --workdir RUN|--model FILE FILE...   = python -m crnn_jax.predict
+    crnn-jax evaluate --model FILE --data DIR --out DIR   = python -m crnn_jax.evaluate
+    crnn-jax export --workdir RUN --out model.crnn        = python -m crnn_jax.export
+    crnn-jax bench mel|train                              = python -m crnn_jax.bench
+
+`crnn-jax COMMAND --help` lists that command's flags. Modules are imported only when their command runs,
+so `crnn-jax --help` starts without JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+# command -> (module, one-line summary)
+COMMANDS = {
+    "train": ("crnn_jax.train", "train (or resume) a genre classifier, evaluate it by song, write a report"),
+    "predict": ("crnn_jax.predict", "the genres of your songs or folders, from a workdir or a model file"),
+    "evaluate": ("crnn_jax.evaluate", "score a trained model on a folder or split, report into a new folder"),
+    "export": ("crnn_jax.export", "a training workdir -> one portable model file"),
+    "bench": ("crnn_jax.bench", "speed of the log-mel front end and of the training step"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: crnn-jax COMMAND [flags]   (crnn-jax COMMAND --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"crnn-jax: error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

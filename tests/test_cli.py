@@ -1,0 +1,172 @@
+"""The commands people type: the crnn-jax console script, every flag in --help with its default, the
+common training flags and `--set field=value` reaching the Config, and one line for a bad one."""
+
+import dataclasses
+import importlib
+import json
+import os
+import re
+import tomllib
+
+import pytest
+
+from conftest import ROOT, run_module
+from crnn_jax import cli
+from crnn_jax import config as config_lib
+from crnn_jax import train as train_lib
+from crnn_jax.config import Config, ConfigError
+
+SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
+
+
+def pyproject():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def test_console_script_dispatches_to_every_module(capsys):
+    assert pyproject()["project"]["scripts"] == {"crnn-jax": "crnn_jax.cli:main"}
+    assert set(cli.COMMANDS) == {"train", "predict", "evaluate", "export", "bench"}
+    for name, (module, _) in cli.COMMANDS.items():
+        assert callable(importlib.import_module(module).main), module
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(re.search(rf"^  {name}\s", out, re.M) for name in cli.COMMANDS), out
+    assert cli.main(["trian"]) == 2
+    assert capsys.readouterr().err.strip() == ("crnn-jax: error: unknown command 'trian'; choose one of train, "
+                                               "predict, evaluate, export, bench")
+    assert cli.main([]) == 2
+
+
+def help_of(command, capsys, *sub):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, *sub, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def parser_actions(command):
+    """The argparse actions behind a command's flags (parse_args builds the parser; capture it)."""
+    import argparse
+
+    seen = []
+    real = argparse.ArgumentParser.parse_args
+
+    def grab(self, *a, **k):
+        seen.append(self)
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        module = importlib.import_module(cli.COMMANDS[command][0])
+        with pytest.raises(SystemExit):
+            module.parse_args([]) if hasattr(module, "parse_args") else module.main([])
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    return [a for a in seen[0]._actions if a.option_strings and a.dest != "help"]
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "export"])
+def test_help_lists_every_flag_with_its_default(command, capsys):
+    text = " ".join(help_of(command, capsys).split())  # unwrap argparse's line breaks
+    actions = parser_actions(command)
+    assert len(actions) >= 2
+    for a in actions:
+        assert a.option_strings[0] in text and a.help, a.option_strings
+        if a.default not in (None, False) and not isinstance(a.default, list):
+            assert f"default: {a.default}" in text or f"default {a.default}" in " ".join(a.help.split()) or \
+                "default" in a.help, a.option_strings
+    if command == "train":
+        for flag, (field, _) in train_lib.FLAGS.items():
+            help_text = " ".join(train_lib.flag_help(field).split())
+            assert flag in text and help_text in text, flag
+            assert "default" in help_text, flag  # every training flag says what an unset flag means
+        for flag, unit in (("--crop-seconds", ", s"), ("--eval-hop-seconds", ", s"), ("--sample-rate", "Hz"),
+                           ("--gain-db", "dB"), ("--batch-size", "global")):
+            assert unit in train_lib.flag_help(train_lib.FLAGS[flag][0]), flag
+        assert "default without --config: 32,64,64,64 on CPU, 64,128,128,128 on GPU" in text
+        assert "--set FIELD=VALUE" in text
+
+
+def test_bench_help_lists_its_subcommands(capsys):
+    text = help_of("bench", capsys)
+    assert "mel" in text and "train" in text
+    text = " ".join(help_of("bench", capsys, "train").split())
+    assert "--repeats" in text and "default: 10" in text
+
+
+def test_common_flags_and_set_reach_the_config():
+    cfg = train_lib.parse_config(["--config", SMOKE, "--eval-hop-seconds", "0.5", "--gain-db", "0",
+                                  "--lr-schedule", "cosine", "--sample-rate", "16000", "--n-mels", "48",
+                                  "--conv-channels", "4,8,8,8", "--set", "freq_pools=2,2,3,4", "--set", "f_max=8000",
+                                  "--set", "dropout=None", "--set", "max_steps=3", "--set", "time_pools="])
+    assert (cfg.eval_hop_seconds, cfg.gain_db, cfg.lr_schedule, cfg.sample_rate, cfg.n_mels) == (0.5, 0.0, "cosine",
+                                                                                                16000, 48)
+    assert cfg.conv_channels == (4, 8, 8, 8) and cfg.freq_pools == (2, 2, 3, 4) and cfg.f_max == 8000.0
+    assert cfg.dropout is None and cfg.max_steps == 3 and cfg.time_pools == ()
+    assert cfg.gru_units == config_lib.load_preset(SMOKE).gru_units  # the preset's other fields stay
+
+
+def text_of(value):
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "None" if value is None else str(value)
+
+
+def test_set_parses_every_config_field_by_its_type():
+    # Generic over dataclasses.fields(Config): fields added later are covered without a list to keep.
+    base = Config()
+    for f in dataclasses.fields(Config):
+        value = getattr(base, f.name)
+        assert config_lib.parse_override(f"{f.name}={text_of(value)}") == (f.name, value), f.name
+    assert config_lib.parse_override("seed=7") == ("seed", 7) and config_lib.parse_override("n-mels=64")[1] == 64
+
+
+@pytest.mark.parametrize("text,message", [
+    ("n_mel=64", "Config has no field 'n_mel' (did you mean n_mels?)"),
+    ("zzz=1", "Config has no field 'zzz'; fields: data, "),
+    ("n_mels=lots", "'lots' is not a valid int for n_mels"),
+    ("seed=1.5", "'1.5' is not a valid int for seed"),
+    ("conv_channels=8,x", "'8,x' is not a valid tuple[int, ...] for conv_channels"),
+    ("learning_rate=nan", "'nan' is not a valid float for learning_rate"),
+    ("seed=None", "'None' is not a valid int for seed"),
+    ("n_mels", "write field=value"),
+])
+def test_bad_set_is_one_clear_error(text, message):
+    with pytest.raises(ConfigError) as e:
+        train_lib.parse_config(["--set", text])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_flags_on_the_command_line_are_one_line_and_touch_nothing(tmp_path):
+    wd = str(tmp_path / "wd")
+    for args, message in ((["--set", "n_mel=64"], "did you mean n_mels?"),
+                          (["--conv-channels", "8,x"], "is not a comma list of integers"),
+                          (["--set", "conv_channels=8,8"], "need the same length")):
+        p = run_module("crnn_jax.cli", "train", "--config", SMOKE, "--workdir", wd, *args, check=False, timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and message in lines[0], p.stderr
+        assert lines[0].startswith("crnn_jax.train: error: ")
+    assert not os.path.exists(wd)
+
+
+def test_train_through_the_console_entry_with_new_flags(tmp_path):
+    wd = str(tmp_path / "run")
+    run_module("crnn_jax.cli", "train", "--config", SMOKE, "--workdir", wd, "--max-steps", "2", "--n-mels", "48",
+               "--set", "freq_pools=2,2,3,4", "--eval-hop-seconds", "0.5", "--gain-db", "3", timeout=300)
+    with open(os.path.join(wd, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["n_mels"] == 48 and saved["freq_pools"] == [2, 2, 3, 4] and saved["eval_hop_seconds"] == 0.5
+    assert saved["gain_db"] == 3.0
+    with open(os.path.join(wd, "results.json")) as f:
+        results = json.load(f)
+    assert results["steps"] == 2 and results["test"]["n_windows"] > results["test"]["n_songs"]  # 0.5 s hop
+
+
+def test_test_extra_pulls_no_tensorflow_and_ci_still_tests_it():
+    extras = pyproject()["project"]["optional-dependencies"]
+    assert not any(re.match(r"tensorflow|crnn_jax\[tfds", r) for r in extras["test"]), extras["test"]
+    assert any(r.startswith("tensorflow-datasets") for r in extras["tfds"])
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    assert '".[test,tfds]"' in ci and '"torch==' in ci

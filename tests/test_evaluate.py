@@ -1,0 +1,148 @@
+"""`crnn-jax evaluate`: an existing model scored on a folder reproduces its training run's own test
+numbers exactly (workdir and model file alike), writes only into --out, and refuses the workdir."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ROOT
+from crnn_jax import config as config_lib
+from crnn_jax import evaluate as eval_lib
+from crnn_jax import export as export_lib
+from crnn_jax import synth
+from crnn_jax import train as train_lib
+
+SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
+GENRES = ("four_on_floor", "rising_arpeggio", "fm_bells")
+
+
+def snapshot(directory):
+    out = []
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            st = os.stat(os.path.join(root, name))
+            out.append((os.path.relpath(os.path.join(root, name), directory), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory):
+    """A folder of generated audio: 3 genres x 6 songs, 1.5-2.6 s (1-3 windows of the smoke crop)."""
+    root = tmp_path_factory.mktemp("music")
+    for g in GENRES:
+        label = synth.CLASS_NAMES.index(g)
+        os.makedirs(root / g)
+        for i in range(6):
+            x = synth.generate_clip(label, seconds=1.5 + 0.22 * i, sample_rate=22050, seed=2, index=i)
+            sf.write(str(root / g / f"{g}.{i:05d}.wav"), x, 22050, subtype="PCM_16")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def run(music, tmp_path_factory):
+    cfg = config_lib.load_preset(SMOKE).replace(data=music, max_steps=8, eval_hop_seconds=0.5,
+                                                workdir=str(tmp_path_factory.mktemp("eval") / "run"))
+    results = train_lib.train(cfg, log=lambda *_: None)
+    model = str(tmp_path_factory.mktemp("model") / "m.crnn")
+    assert export_lib.main(["--workdir", cfg.workdir, "--out", model]) == 0
+    return cfg.workdir, results, model
+
+
+def load(out):
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("source", ["workdir", "model"])
+def test_reproduces_the_runs_test_numbers(source, run, music, tmp_path):
+    workdir, trained, model = run
+    before = snapshot(workdir)
+    out = str(tmp_path / "eval")
+    args = ["--workdir", workdir] if source == "workdir" else ["--model", model]
+    assert eval_lib.main([*args, "--data", music, "--out", out]) == 0
+    got = load(out)
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    assert got["test"] == saved["test"] == json.loads(json.dumps(trained["test"]))  # every number, exactly
+    assert got["accuracy"] == saved["test_accuracy"] and got["window_accuracy"] == saved["test_window_accuracy"]
+    assert got["songs"] == saved["test_songs"] and got["n_songs"] == 3
+    assert got["test"]["n_windows"] > got["n_songs"]  # the run's 0.5 s hop came along: several windows a song
+    assert set(got["test"]["per_class"]) == set(saved["class_names"])
+    with open(os.path.join(out, "confusion.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(out)) == ["confusion.png", "results.json"]
+    assert snapshot(workdir) == before  # the training workdir was only read
+
+
+def test_other_parts_and_a_folder_in_another_genre_order(run, music, tmp_path):
+    workdir, trained, model = run
+    out = str(tmp_path / "all")
+    assert eval_lib.main(["--model", model, "--data", music, "--part", "all", "--out", out]) == 0
+    everything = load(out)
+    assert everything["n_songs"] == 18 and everything["all"]["n_windows"] >= 18
+    # valid part = the run's last validation pass (its metrics line at the final step)
+    assert eval_lib.main(["--model", model, "--data", music, "--part", "valid", "--out", str(tmp_path / "v")]) == 0
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        last_eval = [json.loads(line) for line in f if "eval_loss" in line][-1]
+    assert load(str(tmp_path / "v"))["valid"]["loss"] == last_eval["eval_loss"]
+
+    # Two of the genres only, one folder: labels follow the model's genre order, not the folder's.
+    sub = tmp_path / "two"
+    for g in GENRES[1:]:
+        os.makedirs(sub / g)
+        for fn in sorted(os.listdir(os.path.join(music, g)))[:3]:
+            os.link(os.path.join(music, g, fn), sub / g / fn)
+    assert eval_lib.main(["--model", model, "--data", str(sub), "--part", "all", "--out", str(tmp_path / "o2")]) == 0
+    two = load(str(tmp_path / "o2"))
+    assert two["class_names"] == everything["class_names"] and two["n_songs"] == 6
+    conf = np.array(two["all"]["confusion"])
+    idx = [everything["class_names"].index(g) for g in GENRES[1:]]
+    assert conf.sum() == 6 and conf[idx].sum() == 6  # every true label is one of the two genres
+
+
+@pytest.mark.parametrize("case,message", [
+    ("out_is_workdir", "is inside the training workdir"), ("out_inside_workdir", "is inside the training workdir"),
+    ("out_foreign", "already holds other files"), ("unknown_genre", "that the model does not know"),
+    ("no_data", "no such folder"), ("bad_part", "invalid choice"), ("both", "not allowed with"),
+])
+def test_refusals_are_one_line_and_write_nothing(case, message, run, music, tmp_path, capsys):
+    workdir, _, model = run
+    before = snapshot(workdir)
+    out = str(tmp_path / "out")
+    args = ["--workdir", workdir, "--data", music, "--out", out]
+    if case == "out_is_workdir":
+        args[-1] = workdir
+    if case == "out_inside_workdir":
+        args[-1] = os.path.join(workdir, "eval")
+    if case == "out_foreign":
+        os.makedirs(out)
+        with open(os.path.join(out, "thesis.tex"), "w") as f:
+            f.write("mine")
+    if case == "unknown_genre":
+        os.makedirs(tmp_path / "d" / "polka")
+        sf.write(str(tmp_path / "d" / "polka" / "p.wav"), synth.generate_clip(0, seconds=1.5, sample_rate=22050,
+                                                                             seed=1, index=0), 22050)
+        os.makedirs(tmp_path / "d" / GENRES[0])
+        fn = sorted(os.listdir(os.path.join(music, GENRES[0])))[0]
+        os.link(os.path.join(music, GENRES[0], fn), tmp_path / "d" / GENRES[0] / fn)
+        args[args.index("--data") + 1] = str(tmp_path / "d")
+        args += ["--part", "all"]
+    if case == "no_data":
+        args[args.index("--data") + 1] = str(tmp_path / "nowhere")
+    if case == "bad_part":
+        args += ["--part", "everything"]
+    if case == "both":
+        args += ["--model", model]
+    assert eval_lib.main(args) == 2
+    cap = capsys.readouterr()
+    lines = [line for line in cap.err.strip().splitlines() if not line.startswith("data: ")]  # the loader's progress
+    assert len(lines) == 1 and lines[0].startswith("crnn_jax.evaluate: error: ") and message in lines[0], cap.err
+    assert "Traceback" not in cap.err and cap.err.strip().splitlines()[-1] == lines[0]
+    assert snapshot(workdir) == before
+    if case != "out_foreign":
+        assert not os.path.exists(out)
+    else:
+        assert os.listdir(out) == ["thesis.tex"]
