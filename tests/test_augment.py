@@ -169,3 +169,12 @@ def test_one_or_two_devices_draw_the_same_augmentations(tiny):
     s2, l2 = tiny(2, ON)
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s2.params, s1.params)
+
+
+@pytest.mark.parametrize("field,value", [("spec_time_masks", -1), ("spec_freq_mask_bins", 97), ("mixup_alpha", -0.1),
+                                         ("label_smoothing", 1.0), ("eq_db", float("nan")), ("weight_decay", -1e-4),
+                                         ("warmup_steps", -1), ("test_checkpoint", "first"),
+                                         ("early_stop_patience", -2)])
+def test_bad_values_are_one_line_config_errors(field, value):
+    with pytest.raises(config_lib.ConfigError, match=field):
+        config_lib.Config(**{field: value})
