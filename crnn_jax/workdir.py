@@ -33,6 +33,9 @@ TRAIN_TIME = "train_time.jsonl"
 _OUR_KEYS = {"model", "conv_channels", "freq_pools", "n_mels", "sample_rate", "crop_seconds"}
 
 
+PROBE_PREFIX = ".crnn_jax-write-test-"  # the file check() writes and removes to test that the workdir is writable
+
+
 def has_checkpoints(workdir: str) -> bool:
     """Does `workdir/checkpoints` hold any numbered checkpoint folder (intact or not)?"""
     d = os.path.join(workdir, "checkpoints")
@@ -51,7 +54,7 @@ def check(workdir: str, cfg: Config, resumable: set[str], log=print) -> None:
         _check_existing(workdir, cfg, resumable, log)
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".crnn_jax-write-test-{os.getpid()}")
+        probe = os.path.join(workdir, f"{PROBE_PREFIX}{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -61,7 +64,8 @@ def check(workdir: str, cfg: Config, resumable: set[str], log=print) -> None:
 
 def _check_existing(workdir: str, cfg: Config, resumable: set[str], log) -> None:
     try:
-        entries = sorted(os.listdir(workdir))
+        # Another process of the same run may be probing the folder right now (see check): not a foreign file.
+        entries = sorted(e for e in os.listdir(workdir) if not e.startswith(PROBE_PREFIX))
     except OSError as e:
         raise ConfigError(_os_line(e, cfg, "--workdir")) from None
     path = os.path.join(workdir, "config.json")
