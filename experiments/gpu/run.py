@@ -72,6 +72,14 @@ class Budget:
         return self.end - time.monotonic()
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (wall time lies on a busy machine)."""
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
 def log(msg: str) -> None:
     print(f"[{datetime.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -296,14 +304,15 @@ def main(argv=None) -> int:
                 log(f"{name}: skipped ({results['stages'][name]['skipped']})")
                 continue
             log(f"{name} ({budget.left():.0f} s left)")
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _cpu_seconds()
             try:
                 r = runners[name]()
             except Exception as e:  # record and go on: one broken stage must not cost the others' numbers
                 r = {"error": f"{type(e).__name__}: {e}"[:2000], "ok": False}
-            r["stage_s"] = time.perf_counter() - t0
+            r["stage_s"], r["cpu_s"] = time.perf_counter() - t0, _cpu_seconds() - cpu0
             results["stages"][name] = r
-            log(f"{name}: {'ok' if r.get('ok') else 'FAILED ' + r.get('error', '')[:300]} in {r['stage_s']:.1f} s")
+            log(f"{name}: {'ok' if r.get('ok') else 'FAILED ' + r.get('error', '')[:300]} in {r['stage_s']:.1f} s "
+                f"({r['cpu_s']:.1f} CPU s)")
             report_lib.write(results, args.out)
     results["total_s"] = args.budget_s - budget.left()
     report_lib.write(results, args.out)
