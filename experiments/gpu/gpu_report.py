@@ -61,7 +61,12 @@ def markdown(results: dict) -> str:
            + (f", used {results['total_s']:.0f} s" if "total_s" in results else ""), "",
            "| stage | status | seconds |", "|---|---|---:|"]
     for name, r in st.items():
-        status = r.get("skipped") and f"skipped: {r['skipped']}" or ("ok" if r.get("ok") else f"FAILED: {r.get('error', '')[:120]}")
+        if r.get("partial"):
+            status = "partial: stopped inside the stage"
+        elif r.get("skipped"):
+            status = f"skipped: {r['skipped']}"
+        else:
+            status = "ok" if r.get("ok") else f"FAILED: {r.get('error', '')[:120]}"
         out.append(f"| {name} | {status} | {_f(r.get('stage_s'), '{:.1f}')} |")
     if st.get("tests", {}).get("summary"):
         out += ["", f"Tests (`{st['tests']['command']}`): {st['tests']['summary']}"]
