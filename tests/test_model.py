@@ -124,30 +124,3 @@ def test_gradients_reach_every_parameter():
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
     dead = [jax.tree_util.keystr(k) for k, g in flat if not np.any(np.asarray(g))]
     assert not dead, f"no gradient reaches {dead}"
-
-
-@pytest.mark.parametrize("shape", [(2, 9, 7, 1, 4), (3, 8, 6, 5, 3)])  # batch, t, f, c_in, c_out
-def test_cpu_convolution_gradients_equal_xla(shape):
-    # The hand-written backward pass (im2col kernel gradient, flipped-kernel input gradient) against
-    # XLA's own derivative of the same convolution, through a non-linear loss so g is not constant.
-    b, t, f, c_in, c_out = shape
-    kx, kk, kw = jax.random.split(jax.random.PRNGKey(1), 3)
-    x = jax.random.normal(kx, (b, t, f, c_in))
-    k = jax.random.normal(kk, (3, 3, c_in, c_out))
-    w = jax.random.normal(kw, (b, t, f, c_out))
-    loss = lambda conv: lambda x, k: jnp.sum(jnp.tanh(conv(x, k)) * w)
-    ref = jax.jit(jax.grad(loss(M._conv_same), argnums=(0, 1)))(x, k)
-    for conv in (M._conv_same_cpu, M._conv_same_im2col):
-        np.testing.assert_allclose(conv(x, k), M._conv_same(x, k), rtol=1e-5, atol=1e-5)
-        ours = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(x, k)
-        for a, r in zip(ours, ref):
-            assert a.shape == r.shape
-            np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
-
-
-def test_cpu_convolution_rejects_what_it_does_not_implement():
-    x, k = jnp.zeros((1, 4, 4, 1)), jnp.zeros((2, 2, 1, 1))
-    with pytest.raises(ValueError, match="odd kernels"):
-        M._conv_for_flax(x, k, (1, 1), "SAME")
-    with pytest.raises(ValueError, match="stride 1"):
-        M._conv_for_flax(x, jnp.zeros((3, 3, 1, 1)), (2, 2), "SAME")
