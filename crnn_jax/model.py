@@ -157,7 +157,7 @@ class ConvBlock(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         # On CPU, _conv_for_flax takes gradients XLA:CPU runs fast; accelerators keep XLA's own.
         conv = _conv_for_flax if jax.default_backend() == "cpu" else None
-        x = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, conv_general_dilated=conv)(x)
+        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, conv_general_dilated=conv)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, axis_name=self.axis_name if train else None,
                          dtype=self.dtype)(x)
         x = nn.elu(x)
