@@ -18,6 +18,7 @@ MODELS = ("crnn", "cnn")
 HEADS = ("softmax", "sigmoid")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
+TEST_CHECKPOINTS = ("best", "last")
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,16 @@ class Config:
     eval_hop_seconds: float | None = None  # hop between eval windows, s; None = crop_seconds
     gain_db: float = 6.0  # random gain augmentation, uniform in +-gain_db dB
     seed: int = 0
+    weight_decay: float = 0.0  # decoupled: theta <- theta + v - lr_t * weight_decay * theta, kernels only; 0 = off
+    warmup_steps: int = 0  # linear warm-up of the learning rate over this many steps (times the schedule); 0 = off
+    # --- augmentation (augment.py; inside the jitted step, a function of (seed, step); all off by default) ----
+    spec_time_masks: int = 0  # SpecAugment time masks per example (0 = off)
+    spec_time_mask_frames: int = 8  # each time mask's width, uniform in [0, this] frames
+    spec_freq_masks: int = 0  # SpecAugment frequency masks per example (0 = off)
+    spec_freq_mask_bins: int = 8  # each frequency mask's width, uniform in [0, this] mel bands
+    mixup_alpha: float = 0.0  # waveform mixup with lambda ~ Beta(alpha, alpha) and soft targets (0 = off)
+    label_smoothing: float = 0.0  # targets (1 - s) one-hot + s / n_classes (sigmoid head: + s / 2) (0 = off)
+    eq_db: float = 0.0  # random EQ: a smooth per-mel-band gain curve within +-eq_db dB (0 = off)
     # --- bookkeeping ---------------------------------------------------------------------------------
     workdir: str = ""  # "" = runs/<model>-<data>-seed<seed>
     log_every: int = 20  # steps between train-metric lines
@@ -75,6 +86,8 @@ class Config:
     steps_per_call: int = 1  # training steps fused into one device call (lax.scan)
     data_placement: str = "auto"  # auto | device (data set resident on every device) | host (streamed)
     device_data_gb: float = 4.0  # auto: keep the data on the devices when its int16 audio fits this, GiB
+    test_checkpoint: str = "best"  # best (by validation song accuracy; "last" when there is no validation split) | last
+    early_stop_patience: int = 0  # stop after this many validation passes without a new best; 0 = off
 
     # ------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -109,6 +122,21 @@ class Config:
              f"time_pools {self.time_pools} needs one entry per conv block ({len(self.conv_channels)})")
         need(self.synth_clips_per_class >= 3, f"synth_clips_per_class must be >= 3, got {self.synth_clips_per_class}")
         need(self.synth_seconds > 0, f"synth_seconds must be > 0, got {self.synth_seconds}")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("spec_time_masks", "spec_time_mask_frames", "spec_freq_masks", "spec_freq_mask_bins"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        need(self.spec_freq_mask_bins <= self.n_mels,
+             f"spec_freq_mask_bins ({self.spec_freq_mask_bins}) must be <= n_mels ({self.n_mels})")
+        need(math.isfinite(self.mixup_alpha) and self.mixup_alpha >= 0,
+             f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
+        need(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(math.isfinite(self.eq_db) and 0.0 <= self.eq_db <= 40.0, f"eq_db must be in [0, 40] dB, got {self.eq_db}")
+        need(self.test_checkpoint in TEST_CHECKPOINTS,
+             f"test_checkpoint must be one of {TEST_CHECKPOINTS}, got {self.test_checkpoint!r}")
+        need(self.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
 
     # ------------------------------------------------------------------------------------------------
     @property

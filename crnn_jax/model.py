@@ -176,10 +176,18 @@ class Frontend(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, audio: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, audio: jax.Array, *, train: bool, spec_mask: jax.Array | None = None,
+                 band_db: jax.Array | None = None) -> jax.Array:
+        """spec_mask: bool [batch, frames, n_mels], cells set to 0 (each band's mean) after the
+        normalisation; band_db: [batch, n_mels] dB added to the log-mel before it (augment.py draws both;
+        None = not applied)."""
         x = mel.log_mel_spectrogram(audio.astype(jnp.float32), self.mel_config)  # [batch, frames, n_mels]
+        if band_db is not None:
+            x = x + band_db[:, None, :]  # a gain per mel band: a random EQ
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                          axis_name=self.axis_name if train else None, name="input_norm")(x)
+        if spec_mask is not None:
+            x = jnp.where(spec_mask, 0.0, x)  # 0 = the band's mean after normalisation (augment.py says why)
         return x[..., None]  # [batch, frames, n_mels, 1]: one input channel for the 2-D convs
 
 
@@ -220,8 +228,9 @@ class CRNN(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, audio: jax.Array, *, train: bool) -> jax.Array:
-        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train)
+    def __call__(self, audio: jax.Array, *, train: bool, **augment: jax.Array) -> jax.Array:
+        """augment: Frontend's spec_mask / band_db (training augmentations), if any."""
+        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train, **augment)
         x = _ConvStack(self.conv_channels, self.time_pools, self.freq_pools, self.conv_dropout,
                        self.axis_name, self.dtype, name="convs")(x, train=train)
         b, t, f, c = x.shape
@@ -247,8 +256,9 @@ class CNN(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, audio: jax.Array, *, train: bool) -> jax.Array:
-        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train)
+    def __call__(self, audio: jax.Array, *, train: bool, **augment: jax.Array) -> jax.Array:
+        """augment: Frontend's spec_mask / band_db (training augmentations), if any."""
+        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train, **augment)
         x = _ConvStack(self.conv_channels, self.time_pools, self.freq_pools, self.conv_dropout,
                        self.axis_name, self.dtype, name="convs")(x, train=train)
         x = x.mean(axis=(1, 2))  # [batch, channels]
@@ -299,3 +309,12 @@ def loss_fn(logits: jax.Array, labels: jax.Array, head: str) -> jax.Array:
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     return optax.sigmoid_binary_cross_entropy(logits, one_hot).mean(axis=-1)
+
+
+def soft_loss_fn(logits: jax.Array, targets: jax.Array, head: str) -> jax.Array:
+    """Per-example loss [batch] against soft targets [batch, n_classes] (label smoothing, mixup):
+    softmax cross-entropy with a target distribution, or the mean over classes of the binary
+    cross-entropies with targets in [0, 1] (sigmoid)."""
+    if head == "softmax":
+        return optax.softmax_cross_entropy(logits, targets)
+    return optax.sigmoid_binary_cross_entropy(logits, targets.astype(logits.dtype)).mean(axis=-1)

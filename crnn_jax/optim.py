@@ -153,6 +153,46 @@ def rmsprop_nesterov(learning_rate, decay: float = 0.9, momentum: float = 0.9,
     return optax.chain(scale_by_book_rms(decay, eps), book_nesterov_velocity(learning_rate, momentum))
 
 
+class DecoupledDecayState(NamedTuple):
+    """State of `decoupled_weight_decay`: count, int32 scalar, updates taken (the schedule's step)."""
+
+    count: jax.Array
+
+
+def decoupled_weight_decay(rate: float, learning_rate, mask=lambda p: p.ndim >= 2) -> optax.GradientTransformation:
+    """Decoupled weight decay (Loshchilov & Hutter 2019) to chain AFTER `rmsprop_nesterov`: adds
+    −ε_t · rate · θ to the update, so θ ← θ + v − ε_t λ θ, with v Algorithm 8.6's velocity of the loss alone.
+
+    Why decoupled, not L2 (λ θ added to g): an L2 gradient would go through 1/√(δ + r), decaying least the
+    weights whose gradients have been largest, and it would enter r and v; here the book's r, v and θ̃ stay
+    those of the unregularised loss and every decayed weight shrinks by the same factor (1 − ε_t λ) a step.
+    Chain it only when rate > 0, so that rate 0 is Algorithm 8.6's step exactly (not a no-op added to it).
+
+    rate: λ >= 0 per unit learning rate. learning_rate: ε, the float or schedule given to rmsprop_nesterov.
+    mask(param) -> bool: which leaves decay; default the kernels (ndim >= 2), not biases nor BatchNorm
+    scales and offsets. `update` needs params (the stored θ).
+    """
+    rate = _check_scalar("rate", rate, 0.0, math.inf, high_open=True)
+
+    def init_fn(params):
+        del params
+        return DecoupledDecayState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("decoupled_weight_decay needs params: call tx.update(grads, opt_state, params)")
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def decay(u, p):
+            if not mask(p):
+                return u
+            return u - (jnp.asarray(lr, u.dtype) * jnp.asarray(rate, u.dtype)) * p.astype(u.dtype)
+
+        return jax.tree.map(decay, updates, params), DecoupledDecayState(count=state.count + 1)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _velocity_state(params, opt_state) -> BookNesterovState:
     """The single BookNesterovState inside `opt_state` (any nesting), checked against params' tree structure."""
     found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, BookNesterovState))

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from crnn_jax import augment as augment_lib
 from crnn_jax import model as model_lib
 from crnn_jax import optim
 from crnn_jax.data import INT16_SCALE
@@ -36,12 +37,29 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
-    """Algorithm 8.6 with the config's global learning rate (constant, or cosine-decayed to 0)."""
+def learning_rate_of(cfg, total_steps: int):
+    """The config's global learning rate: a float (constant, no warm-up) or a schedule of the 0-based step t.
+
+    cosine: decayed to 0 over total_steps. warmup_steps W > 0 multiplies that by min(1, (t + 1) / W), a
+    linear ramp whose first step already moves (t = 0 gets lr / W) and which composes with either schedule.
+    """
     lr = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
         lr = optax.cosine_decay_schedule(cfg.learning_rate, max(1, total_steps))
-    return optim.rmsprop_nesterov(lr, decay=cfg.rms_decay, momentum=cfg.momentum, eps=cfg.eps)
+    if cfg.warmup_steps:
+        base, w = lr, cfg.warmup_steps
+        lr = lambda t: (base(t) if callable(base) else base) * jnp.minimum(1.0, (t + 1) / w)  # noqa: E731
+    return lr
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+    """Algorithm 8.6 with the config's learning rate (learning_rate_of), and decoupled weight decay chained
+    after it only when cfg.weight_decay > 0 (so 0 leaves the book's step, and its state, exactly as they are)."""
+    lr = learning_rate_of(cfg, total_steps)
+    tx = optim.rmsprop_nesterov(lr, decay=cfg.rms_decay, momentum=cfg.momentum, eps=cfg.eps)
+    if cfg.weight_decay > 0:
+        tx = optax.chain(tx, optim.decoupled_weight_decay(cfg.weight_decay, lr))
+    return tx
 
 
 def create_state(net: nn.Module, tx: optax.GradientTransformation, crop: int, seed: int) -> TrainState:
@@ -59,23 +77,36 @@ def to_audio(crops: jax.Array, gains: jax.Array) -> jax.Array:
     return crops.astype(jnp.float32) * (gains[..., None] / INT16_SCALE)
 
 
-def make_train_step(net: nn.Module, tx: optax.GradientTransformation, *, head: str, seed: int
+def make_train_step(net: nn.Module, tx: optax.GradientTransformation, *, head: str, seed: int,
+                    augment: augment_lib.Settings | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure train_step(state, batch) -> (state, metrics) for use under `parallel` (axis AXIS).
 
     batch (this device's shard): "crops" int16 [b, crop], "gains" float32 [b], "labels" int32 [b].
-    metrics: "loss", "accuracy" averaged over the global batch.
+    metrics: "loss", "accuracy" (against the unmixed labels) averaged over the global batch.
+    augment: what augment.py applies (None or nothing active: the plain step, unchanged).
     """
+    aug = augment if augment is not None and augment.active else None
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         # Dropout keys are a function of (seed, step, device), so resume and re-runs repeat exactly.
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), state.step), jax.lax.axis_index(AXIS))
         audio = to_audio(batch["crops"], batch["gains"])
+        targets, extra = None, {}
+        if aug is not None:  # keys of (seed, step, index in the global batch): their own stream
+            b = audio.shape[0]
+            keys = augment_lib.example_keys(seed, state.step, jax.lax.axis_index(AXIS) * b, b)
+            audio, targets, extra = augment_lib.apply(
+                aug, keys, audio, batch["labels"], n_classes=net.n_classes, head=head,
+                n_frames=net.mel_config.n_frames(audio.shape[-1]), n_mels=net.mel_config.n_mels)
 
         def loss_of(params):
             logits, updated = net.apply({"params": params, "batch_stats": state.batch_stats}, audio, train=True,
-                                        rngs={"dropout": key}, mutable=["batch_stats"])
-            loss = model_lib.loss_fn(logits, batch["labels"], head).mean()
+                                        rngs={"dropout": key}, mutable=["batch_stats"], **extra)
+            if targets is None:
+                loss = model_lib.loss_fn(logits, batch["labels"], head).mean()
+            else:
+                loss = model_lib.soft_loss_fn(logits, targets, head).mean()
             return loss, (logits, updated["batch_stats"])
 
         grad_fn = jax.value_and_grad(loss_of, has_aux=True)

@@ -23,6 +23,7 @@ import time
 import jax
 import numpy as np
 
+from crnn_jax import augment as augment_lib
 from crnn_jax import checkpoint as ckpt_lib
 from crnn_jax import config as config_lib
 from crnn_jax import data as data_lib
@@ -30,6 +31,7 @@ from crnn_jax import distributed as dist
 from crnn_jax import feed as feed_lib
 from crnn_jax import model as model_lib
 from crnn_jax import report
+from crnn_jax import selection
 from crnn_jax import steps as steps_lib
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data import DataError
@@ -44,7 +46,8 @@ TARGET_ACCURACY = 0.9
 
 # Fields a resumed run may change: they decide how long and how often, not what is learned.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "checkpoint_every", "eval_every", "workdir", "cache_dir",
-                     "steps_per_call", "data_placement", "device_data_gb"}
+                     "steps_per_call", "data_placement", "device_data_gb", "test_checkpoint",
+                     "early_stop_patience"}
 
 
 def load_data(cfg: Config) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
@@ -176,6 +179,10 @@ def train(cfg: Config, *, log=print) -> dict:
         for path in (metrics_path, timing_path):  # drop what came after the checkpoint (or everything)
             if os.path.exists(path):
                 report.truncate_metrics(path, start)
+    # The best validation pass up to the checkpoint, from the eval lines written before it (selection.py).
+    best = selection.Best.replay(report.read_metrics(metrics_path) if start and os.path.exists(metrics_path)
+                                 else [], start, cfg.early_stop_patience)
+    best_ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "best"), keep=1) if len(split["valid"]) else None
     # A resumed run counts on from the wall time logged at its checkpoint's step (time spent dead excluded).
     clock0 = t_start
     if primary and os.path.exists(timing_path):
@@ -183,7 +190,8 @@ def train(cfg: Config, *, log=print) -> dict:
 
     state = steps_lib.place_state(state)
     p_train = steps_lib.parallel(
-        steps_lib.make_multi_step(steps_lib.make_train_step(net, tx, head=cfg.head, seed=cfg.seed), cfg.crop_samples),
+        steps_lib.make_multi_step(steps_lib.make_train_step(net, tx, head=cfg.head, seed=cfg.seed,
+                                                            augment=augment_lib.settings_of(cfg)), cfg.crop_samples),
         n_broadcast=2, state_out=True)
     evaluate = Evaluator(cfg, ds, steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head, gather=True),
                                                      state_out=False), n_dev, local)
@@ -196,6 +204,8 @@ def train(cfg: Config, *, log=print) -> dict:
                                       "eval_window_accuracy": ev["window_accuracy"]})
         append_metrics(timing_path, {"step": step, "seconds": round(time.time() - clock0, 3),
                                      "eval_accuracy": ev["accuracy"]})
+        if best.offer(step, ev["accuracy"], ev["loss"]):  # every process decides alike: a collective save
+            best_ckpt.save(step, state)
 
     pending: list = []  # (first step, device metrics [devices, k]) not yet checked and written
 
@@ -221,7 +231,8 @@ def train(cfg: Config, *, log=print) -> dict:
     bar = _progress(total, start, primary)
     t0 = time.time()
     chunks = feed_lib.plan(start, total, cfg.steps_per_call, [cfg.log_every, eval_every, ckpt_every])
-    for step, k, batch in feed.calls(chunks):
+    stopped_at = start if best.stop else None  # a run that stopped early, started again, stops at once
+    for step, k, batch in feed.calls([] if best.stop else chunks):
         state, m = p_train(state, feed.audio, batch)
         done = step + k
         pending.append((step, m))
@@ -231,20 +242,36 @@ def train(cfg: Config, *, log=print) -> dict:
         if done % eval_every == 0 and len(split["valid"]) and done != total:
             flush()
             log_eval(done, evaluate(state, split["valid"]))
-        if done % ckpt_every == 0 or done == total:
+            stopped_at = done if best.stop else None
+        if done % ckpt_every == 0 or done == total or stopped_at:
             flush()
             ckpt.save(done, state)
+        if stopped_at:
+            log(f"early stop at step {done}: {best.since} validation passes without a new best "
+                f"(best: step {best.step}, accuracy {best.accuracy:.4f})")
+            break
     bar.close()
     train_seconds = time.time() - t0
     ckpt.close()
 
-    results = {"steps": total, "train_seconds": train_seconds, "resumed_from": start or None}
-    for name in ("valid", "test"):
-        if len(split[name]):
-            ev = evaluate(state, split[name])
-            if name == "valid":
-                log_eval(total, ev)
-            results[name] = ev
+    end = stopped_at or total
+    results = {"steps": end, "train_seconds": train_seconds, "resumed_from": start or None,
+               "stopped_early_at": stopped_at}
+    if len(split["valid"]):
+        results["valid"] = evaluate(state, split["valid"])  # of the last state
+        if stopped_at is None:  # the final pass (an early stop's pass is logged already)
+            log_eval(total, results["valid"])
+    test_state, results["tested_checkpoint"], results["tested_step"] = state, "last", end
+    if cfg.test_checkpoint == "best" and best.step is not None:
+        if best_ckpt.latest_step() == best.step:
+            test_state, results["tested_checkpoint"], results["tested_step"] = \
+                best_ckpt.restore(state), "best", best.step
+        else:
+            log(f"the best checkpoint (step {best.step}) is missing from {best_ckpt.directory}; testing the last")
+    if best_ckpt is not None:
+        best_ckpt.close()
+    results["best_valid"] = best.as_dict()
+    results["test"] = evaluate(test_state, split["test"])
     test = results["test"]
     results.update(test_accuracy=test["accuracy"], test_window_accuracy=test["window_accuracy"],
                    n_test=test["n_songs"], class_names=list(ds.class_names),
@@ -258,7 +285,8 @@ def train(cfg: Config, *, log=print) -> dict:
                           f"{cfg.model.upper()} test songs: accuracy {test['accuracy']:.3f} (n={test['n_songs']})")
     report.plot_curves(report.read_metrics(metrics_path), os.path.join(workdir, "curves.png"))
     log(f"test accuracy {test['accuracy']:.4f} by song ({test['n_songs']} songs), {test['window_accuracy']:.4f} "
-        f"by window; {train_seconds:.1f} s of training; results in {workdir}")
+        f"by window, {results['tested_checkpoint']} checkpoint (step {results['tested_step']}); "
+        f"{train_seconds:.1f} s of training; results in {workdir}")
     return results
 
 

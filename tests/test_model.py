@@ -24,14 +24,15 @@ def init(net, samples: int, batch: int = 2):
 def test_crnn_parameter_count_is_choi_size():
     # Counted by hand, layer by layer, for Choi et al.'s CRNN on 96 mels (flax's GRUCell: input kernels
     # with bias for r, z, n; hidden kernels without bias for r, z and with bias for n).
-    conv = sum(9 * cin * cout + cout for cin, cout in [(1, 64), (64, 128), (128, 128), (128, 128)])
+    # No conv bias: the BatchNorm right after it subtracts the mean and has its own offset.
+    conv = sum(9 * cin * cout for cin, cout in [(1, 64), (64, 128), (128, 128), (128, 128)])
     bn = 2 * 96 + 2 * (64 + 128 + 128 + 128)  # scale and bias: input norm over mels, then one per block
     gru = lambda cin, h: 3 * (cin * h + h) + 3 * h * h + h
     expected = conv + bn + gru(128, 32) + gru(32, 32) + (32 * 10 + 10)
     cfg = Config(crop_seconds=29.0)
     net = M.build_model(cfg, 10)
     variables = init(net, cfg.crop_samples, batch=1)
-    assert n_params(variables["params"]) == expected == 392_842
+    assert n_params(variables["params"]) == expected == 392_394
     # BatchNorm running statistics are state, not parameters.
     assert n_params(variables["batch_stats"]) == 2 * 96 + 2 * (64 + 3 * 128)
 

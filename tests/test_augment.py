@@ -1,0 +1,142 @@
+"""Augmentations (augment.py): shapes, exact identity when off, a function of (seed, step, example) only,
+different across devices' shards, and the train step they run in (one device or two give the same losses)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from crnn_jax import augment as A
+from crnn_jax import config as config_lib
+from crnn_jax import model as M
+from crnn_jax import steps as S
+
+SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
+ON = A.Settings(time_masks=2, time_mask_frames=5, freq_masks=2, freq_mask_bins=10, mixup_alpha=0.4,
+                label_smoothing=0.1, eq_db=6.0)
+
+
+def keys(step, first=0, n=8, seed=0):
+    return A.example_keys(seed, jnp.int32(step), first, n)
+
+
+def test_shapes_and_mask_properties():
+    m = np.asarray(A.spec_mask(keys(3), 40, 32, ON))
+    assert m.shape == (8, 40, 32) and m.dtype == bool
+    time_masked = m.all(axis=2)  # [b, frames]: a time mask covers every band
+    freq_masked = m.all(axis=1)  # [b, mels]
+    assert np.array_equal(m, time_masked[:, :, None] | freq_masked[:, None, :])  # nothing else is masked
+    assert (time_masked.sum(1) <= 2 * 5).all() and (freq_masked.sum(1) <= 2 * 10).all()
+    assert time_masked.any() and freq_masked.any()
+    eq = np.asarray(A.eq_curve(keys(3), 32, 6.0))
+    assert eq.shape == (8, 32) and np.abs(eq).max() <= 6.0 and np.abs(eq).max() > 1.0
+    # Piecewise linear between EQ_KNOTS knots: second differences vanish except next to the knots.
+    knots = np.linspace(0, 31, A.EQ_KNOTS)
+    bent = np.abs(np.diff(eq, 2, axis=1)) > 1e-4  # [b, 30]: index j is band j + 1
+    near = np.array([np.min(np.abs(j + 1 - knots)) < 1.0 for j in range(30)])
+    assert not bent[:, ~near].any()
+
+
+def test_mixup_and_targets():
+    audio = jax.random.normal(jax.random.PRNGKey(1), (7, 50))
+    mixed, p, lam = A.mixup(keys(0, n=7), audio, 0.4)
+    assert mixed.shape == audio.shape and p.shape == lam.shape == (7,)
+    np.testing.assert_array_equal(p, [1, 0, 3, 2, 5, 4, 6])  # pairs; the odd last one is its own partner
+    assert ((lam >= 0) & (lam <= 1)).all()
+    np.testing.assert_allclose(mixed, lam[:, None] * audio + (1 - lam[:, None]) * audio[p], rtol=1e-6)
+    np.testing.assert_allclose(mixed[6], audio[6], rtol=1e-6)
+    labels = jnp.array([0, 1, 2, 2, 3, 4, 5])
+    t = A.soft_targets(labels, 10, "softmax", 0.1, p, lam)
+    np.testing.assert_allclose(t.sum(1), 1.0, rtol=1e-6)
+    expect0 = lam[0] * (0.9 * np.eye(10)[0] + 0.01) + (1 - lam[0]) * (0.9 * np.eye(10)[1] + 0.01)
+    np.testing.assert_allclose(t[0], expect0, rtol=1e-5)
+    np.testing.assert_allclose(A.soft_targets(labels, 10, "sigmoid", 0.2)[0], 0.8 * np.eye(10)[0] + 0.1, rtol=1e-6)
+    # Off: exactly the one-hot labels, and the soft loss agrees with the integer-label loss.
+    np.testing.assert_array_equal(A.soft_targets(labels, 10, "softmax", 0.0), np.eye(10)[labels])
+    logits = jax.random.normal(jax.random.PRNGKey(2), (7, 10))
+    for head in ("softmax", "sigmoid"):
+        np.testing.assert_allclose(M.soft_loss_fn(logits, jax.nn.one_hot(labels, 10), head),
+                                   M.loss_fn(logits, labels, head), rtol=1e-5)
+
+
+def test_a_function_of_seed_step_and_example_only():
+    same = [np.asarray(A.spec_mask(keys(5), 40, 32, ON)) for _ in range(2)]
+    assert np.array_equal(*same)
+    assert not np.array_equal(same[0], np.asarray(A.spec_mask(keys(6), 40, 32, ON)))  # the next step
+    assert not np.array_equal(same[0], np.asarray(A.spec_mask(keys(5, seed=1), 40, 32, ON)))  # another seed
+    # A device's shard [4, 8) draws what examples 4..7 of the whole batch draw, and not what shard [0, 4) draws.
+    np.testing.assert_array_equal(A.spec_mask(keys(5, first=4, n=4), 40, 32, ON), same[0][4:])
+    assert not np.array_equal(same[0][:4], same[0][4:])
+    a = jnp.ones((8, 20))
+    lam = [np.asarray(A.mixup(keys(s), a, 0.4)[2]) for s in (5, 5, 6)]
+    assert np.array_equal(lam[0], lam[1]) and not np.array_equal(lam[0], lam[2])
+    # Streams are separate: masks do not depend on whether mixup or EQ is on.
+    only_masks = A.Settings(time_masks=2, time_mask_frames=5, freq_masks=2, freq_mask_bins=10)
+    np.testing.assert_array_equal(A.spec_mask(keys(5), 40, 32, only_masks), same[0])
+
+
+def test_off_is_exact_identity():
+    assert not A.settings_of(config_lib.Config()).active
+    off = A.Settings(time_masks=0, time_mask_frames=8, freq_masks=0, freq_mask_bins=8)
+    assert not off.active and not np.asarray(A.spec_mask(keys(1), 40, 32, off)).any()
+    assert not np.asarray(A.eq_curve(keys(1), 32, 0.0)).any()
+    audio = jnp.linspace(-0.5, 0.5, 3 * 200).reshape(3, 200)
+    labels = jnp.array([0, 1, 2])
+    out, targets, extra = A.apply(off, keys(1, n=3), audio, labels, n_classes=10, head="softmax",
+                                  n_frames=5, n_mels=16)
+    assert out is audio and targets is None and extra == {}
+    # The front end given an all-False mask and 0 dB bands returns exactly what it returns without them.
+    mc = M.mel.MelConfig(sample_rate=8000, n_fft=128, hop_length=64, n_mels=16, f_min=0.0, f_max=4000.0)
+    fe = M.Frontend(mc)
+    v = fe.init(jax.random.PRNGKey(0), audio, train=False)
+    plain, _ = fe.apply(v, audio, train=True, mutable=["batch_stats"])
+    frames = mc.n_frames(200)
+    same, _ = fe.apply(v, audio, train=True, mutable=["batch_stats"], spec_mask=jnp.zeros((3, frames, 16), bool),
+                       band_db=jnp.zeros((3, 16)))
+    np.testing.assert_array_equal(plain, same)
+    masked, _ = fe.apply(v, audio, train=True, mutable=["batch_stats"],
+                         spec_mask=jnp.zeros((3, frames, 16), bool).at[:, :, 3].set(True))
+    assert not np.asarray(masked[:, :, 3]).any() and np.array_equal(masked[:, :, 4], plain[:, :, 4])
+
+
+def _step_on(n_devices, aug, cfg, net, tx, state, batch):
+    """One train step with the batch split over n_devices "devices" (vmap with the pmap axis name)."""
+    step = S.make_train_step(net, tx, head=cfg.head, seed=cfg.seed, augment=aug)
+    shard = {k: S.shard(v, n_devices) for k, v in batch.items()}
+    new, metrics = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name=S.AXIS))(state, shard)
+    return jax.tree.map(lambda x: np.asarray(x[0]), new), float(metrics["loss"][0])
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    cfg = config_lib.load_preset(SMOKE).replace(dropout=0.0)
+    net = M.build_model(cfg, 10, axis_name=S.AXIS)
+    tx = S.make_optimizer(cfg, 10)
+    state = S.create_state(net, tx, cfg.crop_samples, cfg.seed)
+    rng = np.random.default_rng(0)
+    batch = {"crops": rng.integers(-8000, 8000, (8, cfg.crop_samples)).astype(np.int16),
+             "gains": np.ones(8, np.float32), "labels": np.arange(8, dtype=np.int32)}
+    return cfg, net, tx, state, batch
+
+
+def test_train_step_off_is_the_plain_step_and_each_augmentation_acts(smoke):
+    cfg, net, tx, state, batch = smoke
+    plain_state, plain = _step_on(1, None, cfg, net, tx, state, batch)
+    off_state, off = _step_on(1, A.settings_of(cfg), cfg, net, tx, state, batch)
+    assert off == plain
+    jax.tree.map(np.testing.assert_array_equal, off_state, plain_state)
+    for field in ({"time_masks": 2, "time_mask_frames": 5}, {"freq_masks": 2, "freq_mask_bins": 10},
+                  {"mixup_alpha": 0.4}, {"label_smoothing": 0.1}, {"eq_db": 6.0}):
+        _, loss = _step_on(1, A.Settings(**field), cfg, net, tx, state, batch)
+        assert loss != plain, f"{field} changed nothing"
+
+
+def test_one_or_two_devices_draw_the_same_augmentations(smoke):
+    cfg, net, tx, state, batch = smoke
+    s1, l1 = _step_on(1, ON, cfg, net, tx, state, batch)
+    s2, l2 = _step_on(2, ON, cfg, net, tx, state, batch)
+    np.testing.assert_allclose(l2, l1, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s2.params, s1.params)
