@@ -37,6 +37,7 @@ import numpy as np
 
 from crnn_jax import baseline
 from crnn_jax import config as config_lib
+from crnn_jax import data as data_lib
 from crnn_jax import report
 from crnn_jax import splits
 from crnn_jax import train as train_lib
@@ -176,9 +177,8 @@ def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: b
                    "n_test": res["n_test"], "confusion": res["test"]["confusion"],
                    "n_train": len(split["train"]), "n_valid": len(split["valid"]),
                    "timing": _load(timing_path)}
-            for key in ("selected_step", "best_step", "checkpoint_step", "selected"):
-                if key in res:
-                    row[key] = res[key]
+            for key in ("tested_checkpoint", "tested_step", "stopped_early_at"):  # which state was tested
+                row[key] = res.get(key)
             if with_baseline:
                 path = os.path.join(rc.workdir, "baseline_mfcc_svm.json")
                 b = _load(path)
@@ -255,12 +255,14 @@ def write(s: dict, out: str) -> None:
     lines = [f"# {s['folds']}-fold evaluation by song: {name} on {s['data']}", "", s["note"], "",
              f"Seeds {', '.join(map(str, s['seeds']))}; {s['n_runs']} runs, {s['n_test_songs']} test songs in all. "
              "Accuracy is song-level (mean window log-probability per song).", "",
-             f"| seed | fold | test songs | {name} |" + (" MFCC+SVM |" if has_b else "") + " wall s | load (1 min) |",
-             "|---|---|---|---|" + ("---|" if has_b else "") + "---|---|"]
+             f"| seed | fold | test songs | {name} |" + (" MFCC+SVM |" if has_b else "")
+             + " tested checkpoint (step) | wall s | load (1 min) |",
+             "|---|---|---|---|" + ("---|" if has_b else "") + "---|---|---|"]
     for r in s["runs"]:
         t = r.get("timing") or {}
         lines.append(f"| {r['seed']} | {r['fold']} | {r['n_test']} | {r['accuracy']:.3f} |"
                      + (f" {r['baseline']['accuracy']:.3f} |" if has_b else "")
+                     + f" {r.get('tested_checkpoint') or '-'} ({r.get('tested_step') or '-'}) |"
                      + f" {t.get('wall_seconds', '-')} | {(t.get('loadavg_1_5_15') or ['-'])[0]} |")
     lines += ["", f"- {name}: {_pm(s['network'])}; pooled {s['network']['accuracy']:.3f}"]
     if has_b:
@@ -286,10 +288,20 @@ def write(s: dict, out: str) -> None:
                               f"MFCC+SVM, same folds: {s['baseline']['accuracy']:.3f} (n={n})")
 
 
+def _compilation_cache(cfg: Config) -> None:
+    """Folds of one seed compile the same programs: keep them on disk (beside the decoded-audio cache) so
+    folds 2..K, and a rerun, load instead of compiling. $JAX_COMPILATION_CACHE_DIR, when set, wins."""
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.join(data_lib.cache_dir(cfg.cache_dir), "xla"))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         cfg = base_config(args)
+        _compilation_cache(cfg)
         out = args.out or os.path.join("runs", f"cv-{cfg.model}-{os.path.basename(os.path.normpath(cfg.data))}")
         s = run_all(cfg, out, args.folds, args.seeds, with_baseline=not args.no_baseline)
     except (ConfigError, DataError) as e:
