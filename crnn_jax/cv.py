@@ -196,24 +196,25 @@ def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: b
                 log(f"{tag} {cfg.model.upper()} {row['accuracy']:.4f}, MFCC+SVM {b['test_accuracy']:.4f} "
                     f"({row['n_test']} test songs)")
             runs.append(row)
-    summary = summarise(cfg, k, seeds, runs, ds0.class_names)
-    write(summary, out)
+            summary = summarise(cfg, k, seeds, runs, ds0.class_names)
+            write(summary, out)  # after every run: an interrupted evaluation leaves a (partial) summary
     return summary
 
 
 def spread(runs: list[dict], key) -> dict:
     """Mean over all runs; spread between folds (sample std over each seed's folds, pooled over seeds:
-    sqrt of the mean variance) and between seeds (sample std of the per-seed means); per seed mean/std."""
+    sqrt of the mean variance) and between seeds (sample std of the per-seed means); per seed mean/std.
+    A std of fewer than two values is None (a partial summary)."""
     seeds = sorted({r["seed"] for r in runs})
     by_seed = {s: [key(r) for r in runs if r["seed"] == s] for s in seeds}
-    means = [statistics.mean(v) for v in by_seed.values()]
+    std = lambda v: statistics.stdev(v) if len(v) > 1 else None  # noqa: E731
+    variances = [statistics.variance(v) for v in by_seed.values() if len(v) > 1]
     return {
         "mean": statistics.mean(key(r) for r in runs),
-        "std_folds": float(np.sqrt(statistics.mean(statistics.variance(v) for v in by_seed.values()))),
-        "std_seeds": statistics.stdev(means) if len(seeds) > 1 else None,
-        "std_all": statistics.stdev(key(r) for r in runs),
-        "per_seed": {str(s): {"mean": statistics.mean(v), "std": statistics.stdev(v), "folds": v}
-                     for s, v in by_seed.items()},
+        "std_folds": float(np.sqrt(statistics.mean(variances))) if variances else None,
+        "std_seeds": std([statistics.mean(v) for v in by_seed.values()]),
+        "std_all": std([key(r) for r in runs]),
+        "per_seed": {str(s): {"mean": statistics.mean(v), "std": std(v), "folds": v} for s, v in by_seed.items()},
     }
 
 
@@ -225,6 +226,7 @@ def pooled(runs: list[dict], conf_key, class_names) -> dict:
 
 def summarise(cfg: Config, k: int, seeds: list[int], runs: list[dict], class_names) -> dict:
     s = {"model": cfg.model, "data": cfg.data, "folds": k, "seeds": seeds, "n_runs": len(runs),
+         "complete": len(runs) == k * len(seeds),
          "n_test_songs": sum(r["n_test"] for r in runs), "class_names": list(class_names), "note": NOTE,
          "config": json.loads(cfg.replace(workdir="", seed=0, fold=0, split=f"kfold:{k}").to_json()),
          "network": {**spread(runs, lambda r: r["accuracy"]), **pooled(runs, lambda r: r["confusion"], class_names)},
@@ -243,8 +245,9 @@ def summarise(cfg: Config, k: int, seeds: list[int], runs: list[dict], class_nam
 
 
 def _pm(d: dict) -> str:
+    folds = f" ± {d['std_folds']:.3f} (folds)" if d.get("std_folds") is not None else ""
     seeds = f", seeds ± {d['std_seeds']:.3f}" if d.get("std_seeds") is not None else ""
-    return f"{d['mean']:.3f} ± {d['std_folds']:.3f} (folds){seeds}"
+    return f"{d['mean']:.3f}{folds}{seeds}"
 
 
 def write(s: dict, out: str) -> None:
@@ -253,7 +256,9 @@ def write(s: dict, out: str) -> None:
         json.dump(s, f, indent=1)
     name, has_b = s["model"].upper(), "baseline" in s
     lines = [f"# {s['folds']}-fold evaluation by song: {name} on {s['data']}", "", s["note"], "",
-             f"Seeds {', '.join(map(str, s['seeds']))}; {s['n_runs']} runs, {s['n_test_songs']} test songs in all. "
+             ("" if s["complete"] else f"**PARTIAL: {s['n_runs']} of {s['folds'] * len(s['seeds'])} runs "
+              "finished; run the same command again to complete it.** ")
+             + f"Seeds {', '.join(map(str, s['seeds']))}; {s['n_runs']} runs, {s['n_test_songs']} test songs in all. "
              "Accuracy is song-level (mean window log-probability per song).", "",
              f"| seed | fold | test songs | {name} |" + (" MFCC+SVM |" if has_b else "")
              + " tested checkpoint (step) | wall s | load (1 min) |",

@@ -72,7 +72,7 @@ def test_all_folds_from_one_call_then_skip_and_resume(folder, tmp_path, capsys):
     assert cv.main(cv_args(folder, out)) == 0
     s = load(out, "summary.json")
     n = GENRES * SONGS
-    assert s["n_runs"] == K and s["n_test_songs"] == n
+    assert s["n_runs"] == K and s["n_test_songs"] == n and s["complete"]
     conf = np.array(s["network"]["confusion"])
     assert conf.shape == (GENRES, GENRES) and conf.sum() == n and conf.sum(1).tolist() == [SONGS] * GENRES
     assert np.array(s["baseline"]["confusion"]).sum() == n
@@ -118,7 +118,7 @@ def test_all_folds_from_one_call_then_skip_and_resume(folder, tmp_path, capsys):
     assert [r["accuracy"] for r in s2["runs"]] == accs and s2["baseline"] == s["baseline"]
 
 
-def test_spreads_over_folds_and_seeds():
+def test_spreads_over_folds_and_seeds(tmp_path):
     rows = [{"seed": s, "fold": f, "accuracy": a, "n_test": 10, "confusion": [[1, 0], [0, 1]],
              "baseline": {"accuracy": a - 0.1, "accuracy_songs": a, "confusion": [[1, 0], [1, 0]], "C": 1.0}}
             for s, accs in ((0, (0.5, 0.7, 0.6)), (1, (0.8, 0.6, 0.7))) for f, a in enumerate(accs)]
@@ -129,6 +129,16 @@ def test_spreads_over_folds_and_seeds():
     assert net["std_seeds"] == pytest.approx(statistics.stdev([0.6, 0.7]))
     assert s["difference"]["mean"] == pytest.approx(0.1) and s["difference"]["std_folds"] == pytest.approx(0, abs=1e-12)
     assert net["confusion"] == [[6, 0], [0, 6]] and s["baseline"]["recall"] == {"a": 1.0, "b": 0.0}
+    assert s["complete"]
+    part = cv.summarise(cv.Config(data="x"), 3, [0, 1], rows[:4], ("a", "b"))  # seed 1 has one fold so far
+    assert not part["complete"] and part["network"]["std_folds"] == pytest.approx(0.1)  # seed 0's folds only
+    assert part["network"]["per_seed"]["1"]["std"] is None
+    one = cv.summarise(cv.Config(data="x"), 3, [0], rows[:1], ("a", "b"))
+    assert one["network"]["std_folds"] is None and one["network"]["std_all"] is None
+    out = tmp_path / "partial"
+    out.mkdir()
+    cv.write(one, str(out))
+    assert "PARTIAL: 1 of 3 runs" in read(out / "summary.md")
 
 
 @pytest.mark.parametrize("extra, message", [
