@@ -1,0 +1,331 @@
+"""`python -m crnn_jax.cv`: k-fold evaluation by song, every fold and seed from one command, beside MFCC+SVM.
+
+    python -m crnn_jax.cv --config experiments/gtzan70.py --data ../shared/data/gtzan-70 --folds 5 --seeds 0,1 \
+        --out runs/cv-crnn
+    ... --model cnn --out runs/cv-cnn                 # any crnn_jax.train flag is passed on to every fold
+    ... --set spec_freq_masks=2 --set mixup_alpha=0.2 # any Config field, by name
+    (the same command again resumes: finished folds are skipped, an interrupted one resumes from its checkpoint)
+
+Every (seed, fold) is one crnn_jax.train run in its own workdir OUT/seed<s>-fold<i>, with --split kfold:K
+--fold i --seed s: the songs of each genre are dealt to K folds (splits.kfold_split, shuffled by the seed,
+so every seed is another partition: repeated k-fold), fold i is the test part, and the validation songs
+(valid_fraction of each genre) come from the other K-1 folds, never from the test fold. Then the MFCC+SVM
+baseline (crnn_jax/baseline.py) is fitted on the same training songs, C chosen on the same validation songs,
+and scored on the same test songs (OUT/seed<s>-fold<i>/baseline_mfcc_svm.json).
+
+OUT/summary.json and OUT/summary.md: song-level test accuracy per seed and fold for the network and the
+baseline; mean over all runs ± the spread between folds (sample std over a seed's folds, pooled over
+seeds) and between seeds (sample std of the per-seed means); the paired difference network - baseline;
+the pooled confusion matrix over all test songs of all runs and per-genre recall from it
+(OUT/summary-confusion.png, OUT/summary-confusion-baseline.png); wall time per fold with the load average
+at its end. Folds keep songs apart, not artists: on GTZAN-like data a fold measures "a new song of a
+possibly known artist".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+import typing
+
+import numpy as np
+
+from crnn_jax import baseline
+from crnn_jax import config as config_lib
+from crnn_jax import data as data_lib
+from crnn_jax import report
+from crnn_jax import splits
+from crnn_jax import train as train_lib
+from crnn_jax.config import Config, ConfigError
+from crnn_jax.data import DataError
+
+# The driver sets these per run; a user may not.
+OWNED = {"split": "--folds", "fold": "--folds", "seed": "--seeds", "workdir": "--out"}
+NOTE = ("Folds are by song (every window of a song on one side), not by artist: where one artist or album "
+        "has several songs (as adjacent GTZAN clips do), this measures recognising a new song of a possibly "
+        "known artist, not artist-filtered generalisation.")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block
+        raise ConfigError(message)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = _Parser(prog="python -m crnn_jax.cv", description=__doc__.split("\n")[0], allow_abbrev=False)
+    p.add_argument("--config", help="preset file, e.g. experiments/gtzan70.py")
+    p.add_argument("--folds", type=int, default=5, help="K of the k-fold split (default 5)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1 (default 0)")
+    p.add_argument("--out", help="folder for the fold workdirs and the summary (default runs/cv-<model>-<data>)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="sets",
+                   help="any Config field, e.g. --set conv_channels=32,64,64,64 (repeatable)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the MFCC+SVM baseline")
+    for flag, (field, typ) in train_lib.FLAGS.items():
+        if field not in OWNED:
+            p.add_argument(flag, type=typ, default=None, dest=field)
+    args = p.parse_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 0,1") from None
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds: give one or more distinct integers, e.g. --seeds 0,1")
+    if args.folds < 2:
+        raise ConfigError(f"--folds {args.folds}: K must be >= 2")
+    return args
+
+
+def parse_set(item: str) -> tuple[str, typing.Any]:
+    """'field=value' -> (field, value converted to the Config field's type); ConfigError names a bad one."""
+    field, eq, text = item.partition("=")
+    field = field.strip().replace("-", "_")
+    hints = typing.get_type_hints(Config)
+    if not eq or field not in hints:
+        raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD a Config field "
+                          f"(e.g. --set learning_rate=0.002); {field!r} is not one")
+    if field in OWNED:
+        raise ConfigError(f"--set {field}: the driver sets {field} itself (use {OWNED[field]})")
+    typ, text = hints[field], text.strip()
+    args = typing.get_args(typ)
+    try:
+        if type(None) in args:  # Optional[X]
+            if text.lower() in ("none", "null", ""):
+                return field, None
+            typ = next(a for a in args if a is not type(None))
+        if typing.get_origin(typ) is tuple:
+            elem = typing.get_args(typ)[0]
+            return field, tuple(elem(v) for v in text.strip("()[] ").split(",") if v.strip())
+        if typ is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return field, text.lower() in ("true", "1")
+        return field, typ(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--set {item!r}: {text!r} is not a valid {getattr(typ, '__name__', typ)}") from None
+
+
+def base_config(args: argparse.Namespace) -> Config:
+    """The preset (or the CPU default), then the train flags, then the --set fields."""
+    base = config_lib.load_preset(args.config) if args.config else config_lib.default_config("cpu")
+    overrides = {f: getattr(args, f) for f, _ in train_lib.FLAGS.values() if getattr(args, f, None) is not None}
+    overrides.update(parse_set(s) for s in args.sets)
+    cfg = base.replace(**overrides)
+    if cfg.data == "synthetic":
+        raise ConfigError("--data: k-fold evaluation needs a folder of genre sub-folders (or tfds:gtzan); "
+                          "the built-in synthetic set has its own random split")
+    return cfg
+
+
+def run_config(cfg: Config, out: str, k: int, seed: int, fold: int) -> Config:
+    return cfg.replace(split=f"kfold:{k}", fold=fold, seed=seed, workdir=os.path.join(out, f"seed{seed}-fold{fold}"))
+
+
+def _load(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def finished(cfg: Config) -> dict | None:
+    """results.json of a finished run of exactly this config, else None."""
+    wd = cfg.workdir
+    saved, new = _load(os.path.join(wd, "config.json")), json.loads(cfg.to_json())
+    same = saved is not None and all(saved.get(f) == v for f, v in new.items() if f not in ("workdir", "cache_dir"))
+    if not same:  # another config (train() refuses it in one line) or a longer run of this one (train() resumes)
+        return None
+    return _load(os.path.join(wd, "results.json"))
+
+
+def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: bool = True, log=print) -> dict:
+    """Train (or skip, or resume) every (seed, fold), score the baseline on the same split, write the summary.
+    -> the summary dict (also OUT/summary.json)."""
+    os.makedirs(out, exist_ok=True)
+    runs, feats, ds0 = [], None, None
+    for seed in seeds:
+        # Load once per seed: the data and its class names; checks K before any training starts.
+        ds, _ = train_lib.load_data(run_config(cfg, out, k, seed, 0))
+        ds0 = ds if ds0 is None else ds0
+        for fold in range(k):
+            rc = run_config(cfg, out, k, seed, fold)
+            tag = f"[seed {seed} fold {fold}/{k}]"
+            res = finished(rc)
+            timing_path = os.path.join(rc.workdir, "cv_timing.json")
+            if res is not None:
+                log(f"{tag} done before: test accuracy {res['test_accuracy']:.4f} ({rc.workdir}/results.json)")
+            else:
+                train_lib.check_workdir_config(rc.workdir, rc)  # a workdir of another config: one line, untouched
+                t0 = time.time()
+                res = train_lib.train(rc, log=lambda m, tag=tag: None if m.startswith("config:") else log(f"{tag} {m}"))
+                with open(timing_path, "w") as f:
+                    json.dump({"wall_seconds": round(time.time() - t0, 1), "train_seconds": res["train_seconds"],
+                               "resumed_from": res.get("resumed_from"),
+                               "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}, f)
+            split = splits.make_split(rc, ds)
+            test_names = [ds.names[i] for i in split["test"]]
+            if test_names != res["test_songs"]:
+                raise DataError(f"{rc.workdir}: its test songs are not fold {fold}'s of --seeds {seed} on this data "
+                                f"(the data folder changed?); use another --out")
+            row = {"seed": seed, "fold": fold, "workdir": rc.workdir, "accuracy": res["test_accuracy"],
+                   "n_test": res["n_test"], "confusion": res["test"]["confusion"],
+                   "n_train": len(split["train"]), "n_valid": len(split["valid"]),
+                   "timing": _load(timing_path)}
+            for key in ("tested_checkpoint", "tested_step", "stopped_early_at"):  # which state was tested
+                row[key] = res.get(key)
+            if with_baseline:
+                path = os.path.join(rc.workdir, "baseline_mfcc_svm.json")
+                b = _load(path)
+                if b is None or b.get("test_songs") != test_names:
+                    if feats is None:  # the features of a song do not depend on the split: compute them once
+                        t0 = time.time()
+                        feats = baseline.song_features(cfg, ds, np.arange(len(ds)))
+                        log(f"MFCC features of {len(ds)} songs ({time.time() - t0:.1f} s)")
+                    b = {"workdir": rc.workdir, "data": cfg.data, "split": rc.split, "fold": fold, "seed": seed,
+                         "test_songs": test_names, **baseline.evaluate(ds, split, feats)}
+                    with open(path, "w") as f:
+                        json.dump(b, f, indent=1)
+                row["baseline"] = {"accuracy": b["test_accuracy"], "accuracy_songs": b["test_accuracy_songs"],
+                                   "confusion": b["confusion_windows"], "C": b["C_windows"]}
+                log(f"{tag} {cfg.model.upper()} {row['accuracy']:.4f}, MFCC+SVM {b['test_accuracy']:.4f} "
+                    f"({row['n_test']} test songs)")
+            runs.append(row)
+            summary = summarise(cfg, k, seeds, runs, ds0.class_names)
+            write(summary, out)  # after every run: an interrupted evaluation leaves a (partial) summary
+    return summary
+
+
+def spread(runs: list[dict], key) -> dict:
+    """Mean over all runs; spread between folds (sample std over each seed's folds, pooled over seeds:
+    sqrt of the mean variance) and between seeds (sample std of the per-seed means); per seed mean/std.
+    A std of fewer than two values is None (a partial summary)."""
+    seeds = sorted({r["seed"] for r in runs})
+    by_seed = {s: [key(r) for r in runs if r["seed"] == s] for s in seeds}
+    std = lambda v: statistics.stdev(v) if len(v) > 1 else None  # noqa: E731
+    variances = [statistics.variance(v) for v in by_seed.values() if len(v) > 1]
+    return {
+        "mean": statistics.mean(key(r) for r in runs),
+        "std_folds": float(np.sqrt(statistics.mean(variances))) if variances else None,
+        "std_seeds": std([statistics.mean(v) for v in by_seed.values()]),
+        "std_all": std([key(r) for r in runs]),
+        "per_seed": {str(s): {"mean": statistics.mean(v), "std": std(v), "folds": v} for s, v in by_seed.items()},
+    }
+
+
+def pooled(runs: list[dict], conf_key, class_names) -> dict:
+    conf = np.sum([np.array(conf_key(r)) for r in runs], axis=0)
+    return {"confusion": conf.tolist(), "accuracy": float(np.trace(conf) / conf.sum()),
+            "recall": {n: v["recall"] for n, v in report.per_class(conf, class_names).items()}}
+
+
+def summarise(cfg: Config, k: int, seeds: list[int], runs: list[dict], class_names) -> dict:
+    s = {"model": cfg.model, "data": cfg.data, "folds": k, "seeds": seeds, "n_runs": len(runs),
+         "complete": len(runs) == k * len(seeds),
+         "n_test_songs": sum(r["n_test"] for r in runs), "class_names": list(class_names), "note": NOTE,
+         "config": json.loads(cfg.replace(workdir="", seed=0, fold=0, split=f"kfold:{k}").to_json()),
+         "network": {**spread(runs, lambda r: r["accuracy"]), **pooled(runs, lambda r: r["confusion"], class_names)},
+         "runs": runs}
+    if all("baseline" in r for r in runs):
+        s["baseline"] = {**spread(runs, lambda r: r["baseline"]["accuracy"]),
+                         **pooled(runs, lambda r: r["baseline"]["confusion"], class_names)}
+        s["baseline_songs"] = spread(runs, lambda r: r["baseline"]["accuracy_songs"])
+        s["difference"] = spread(runs, lambda r: r["accuracy"] - r["baseline"]["accuracy"])
+    times = [r["timing"]["wall_seconds"] for r in runs if r.get("timing")]
+    loads = [r["timing"]["loadavg_1_5_15"][0] for r in runs if r.get("timing")]
+    if times:
+        s["timing"] = {"fold_wall_seconds_mean": statistics.mean(times), "fold_wall_seconds_max": max(times),
+                       "loadavg_1min_mean": statistics.mean(loads), "timed_runs": len(times)}
+    return s
+
+
+def _pm(d: dict) -> str:
+    folds = f" ± {d['std_folds']:.3f} (folds)" if d.get("std_folds") is not None else ""
+    seeds = f", seeds ± {d['std_seeds']:.3f}" if d.get("std_seeds") is not None else ""
+    return f"{d['mean']:.3f}{folds}{seeds}"
+
+
+def write(s: dict, out: str) -> None:
+    """summary.json, summary.md and the confusion plots."""
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(s, f, indent=1)
+    name, has_b = s["model"].upper(), "baseline" in s
+    lines = [f"# {s['folds']}-fold evaluation by song: {name} on {s['data']}", "", s["note"], "",
+             ("" if s["complete"] else f"**PARTIAL: {s['n_runs']} of {s['folds'] * len(s['seeds'])} runs "
+              "finished; run the same command again to complete it.** ")
+             + f"Seeds {', '.join(map(str, s['seeds']))}; {s['n_runs']} runs, {s['n_test_songs']} test songs in all. "
+             "Accuracy is song-level (mean window log-probability per song).", "",
+             f"| seed | fold | test songs | {name} |" + (" MFCC+SVM |" if has_b else "")
+             + " tested checkpoint (step) | wall s | load (1 min) |",
+             "|---|---|---|---|" + ("---|" if has_b else "") + "---|---|---|"]
+    for r in s["runs"]:
+        t = r.get("timing") or {}
+        lines.append(f"| {r['seed']} | {r['fold']} | {r['n_test']} | {r['accuracy']:.3f} |"
+                     + (f" {r['baseline']['accuracy']:.3f} |" if has_b else "")
+                     + f" {r.get('tested_checkpoint') or '-'} ({r.get('tested_step') or '-'}) |"
+                     + f" {t.get('wall_seconds', '-')} | {(t.get('loadavg_1_5_15') or ['-'])[0]} |")
+    lines += ["", f"- {name}: {_pm(s['network'])}; pooled {s['network']['accuracy']:.3f}"]
+    if has_b:
+        lines += [f"- MFCC+SVM (windows): {_pm(s['baseline'])}; pooled {s['baseline']['accuracy']:.3f}",
+                  f"- MFCC+SVM (song statistics): {_pm(s['baseline_songs'])}",
+                  f"- {name} - MFCC+SVM, paired by run: {_pm(s['difference'])}"]
+    if "timing" in s:
+        t = s["timing"]
+        lines.append(f"- wall time per fold (this call's runs): mean {t['fold_wall_seconds_mean']:.0f} s, max "
+                     f"{t['fold_wall_seconds_max']:.0f} s, 1-minute load average {t['loadavg_1min_mean']:.2f}")
+    lines += ["", "Per-genre recall (pooled over all test songs):", "",
+              "| genre | " + name + " |" + (" MFCC+SVM |" if has_b else ""), "|---|---|" + ("---|" if has_b else "")]
+    for g in s["class_names"]:
+        lines.append(f"| {g} | {s['network']['recall'][g]:.2f} |" + (f" {s['baseline']['recall'][g]:.2f} |" if has_b else ""))
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    n = s["n_test_songs"]
+    report.plot_confusion(np.array(s["network"]["confusion"]), s["class_names"], os.path.join(out, "summary-confusion.png"),
+                          f"{name}, {s['folds']} folds x {len(s['seeds'])} seeds: {s['network']['accuracy']:.3f} (n={n})")
+    if has_b:
+        report.plot_confusion(np.array(s["baseline"]["confusion"]), s["class_names"],
+                              os.path.join(out, "summary-confusion-baseline.png"),
+                              f"MFCC+SVM, same folds: {s['baseline']['accuracy']:.3f} (n={n})")
+
+
+def _compilation_cache(cfg: Config) -> None:
+    """Folds of one seed compile the same programs: keep them on disk (beside the decoded-audio cache) so
+    folds 2..K, and a rerun, load instead of compiling. $JAX_COMPILATION_CACHE_DIR, when set, wins."""
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.join(data_lib.cache_dir(cfg.cache_dir), "xla"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        cfg = base_config(args)
+        _compilation_cache(cfg)
+        out = args.out or os.path.join("runs", f"cv-{cfg.model}-{os.path.basename(os.path.normpath(cfg.data))}")
+        s = run_all(cfg, out, args.folds, args.seeds, with_baseline=not args.no_baseline)
+    except (ConfigError, DataError) as e:
+        print(f"crnn_jax.cv: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a full disk or an unwritable --out
+        print(f"crnn_jax.cv: error: {e.strerror or e}: {e.filename or ''}; free space or choose another --out",
+              file=sys.stderr)
+        return 2
+    except train_lib.Diverged as e:
+        print(f"crnn_jax.cv: stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("crnn_jax.cv: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"{s['model'].upper()} {_pm(s['network'])}"
+          + (f"; MFCC+SVM {_pm(s['baseline'])}; difference {_pm(s['difference'])}" if "baseline" in s else "")
+          + f"; summary in {os.path.join(out, 'summary.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

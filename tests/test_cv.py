@@ -1,0 +1,169 @@
+"""The k-fold driver end to end on generated audio (3 genres x 5 songs of 3 s, the smoke-size CRNN):
+every fold from one call, the summary and plots, skip and resume on a second call, the baseline on the
+same songs; validation songs never from the test fold; spreads; bad flags in one line."""
+
+import json
+import os
+import shutil
+import statistics
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ROOT
+from crnn_jax import cv
+from crnn_jax import data as data_lib
+from crnn_jax import splits
+
+SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
+GENRES, SONGS, K = 3, 5, 2
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """GENRES genre folders of SONGS generated 3 s songs each (three classes of the synthetic music)."""
+    ds = data_lib.synthetic(clips_per_class=SONGS, seconds=3.0, sample_rate=22050, seed=0)
+    root = tmp_path_factory.mktemp("genres")
+    for i in range(len(ds)):
+        c = int(ds.labels[i])
+        if c < GENRES:
+            g = root / ds.class_names[c]
+            g.mkdir(exist_ok=True)
+            x = ds.audio[i, :ds.lengths[i]]
+            sf.write(str(g / f"{ds.class_names[c]}.{i:05d}.wav"), x, 22050, subtype="PCM_16")
+    return str(root)
+
+
+def load(*path):
+    with open(os.path.join(*path)) as f:
+        return json.load(f)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def cv_args(folder, out, *extra):
+    return ["--config", SMOKE, "--data", folder, "--folds", str(K), "--seeds", "0", "--out", out,
+            "--set", "eval_hop_seconds=1.0",
+            "--max-steps", "4", "--eval-every", "2", *extra]
+
+
+def test_kfold_takes_validation_songs_from_the_training_part():
+    labels = np.repeat(np.arange(10), 7)  # the shape of gtzan-70: 7 songs per genre
+    for seed in (0, 1):
+        folds = [splits.kfold_split(labels, 5, fold=f, valid_fraction=0.1, seed=seed) for f in range(5)]
+        tests = [set(p["test"].tolist()) for p in folds]
+        assert sorted(s for t in tests for s in t) == list(range(70))  # every song tested exactly once
+        for f, p in enumerate(folds):
+            valid, train = set(p["valid"].tolist()), set(p["train"].tolist())
+            assert valid and not valid & tests[f] and not train & tests[f] and not valid & train
+            assert valid | train | tests[f] == set(range(70))
+            assert np.bincount(labels[p["valid"]], minlength=10).tolist() == [1] * 10  # round(0.1 * 7) per genre
+    # another seed is another partition (repeated k-fold), the same seed the same one
+    assert splits.kfold_split(labels, 5, fold=0, valid_fraction=0.1, seed=0)["test"].tolist() != \
+        splits.kfold_split(labels, 5, fold=0, valid_fraction=0.1, seed=1)["test"].tolist()
+
+
+def test_all_folds_from_one_call_then_skip_and_resume(folder, tmp_path, capsys):
+    out = str(tmp_path / "cv")
+    assert cv.main(cv_args(folder, out)) == 0
+    s = load(out, "summary.json")
+    n = GENRES * SONGS
+    assert s["n_runs"] == K and s["n_test_songs"] == n and s["complete"]
+    conf = np.array(s["network"]["confusion"])
+    assert conf.shape == (GENRES, GENRES) and conf.sum() == n and conf.sum(1).tolist() == [SONGS] * GENRES
+    assert np.array(s["baseline"]["confusion"]).sum() == n
+    assert set(s["network"]["recall"]) == set(s["class_names"]) and len(s["class_names"]) == GENRES
+    accs = [r["accuracy"] for r in s["runs"]]
+    assert s["network"]["mean"] == pytest.approx(statistics.mean(accs))
+    assert s["network"]["std_folds"] == pytest.approx(statistics.stdev(accs))  # one seed: the plain fold std
+    for f in ("summary.md", "summary-confusion.png", "summary-confusion-baseline.png"):
+        assert os.path.getsize(os.path.join(out, f)) > 0
+    assert "not by artist" in read(os.path.join(out, "summary.md"))
+    tested = []
+    for r in s["runs"]:
+        wd = r["workdir"]
+        res, split, b = load(wd, "results.json"), load(wd, "split.json"), load(wd, "baseline_mfcc_svm.json")
+        assert load(wd, "config.json")["split"] == f"kfold:{K}" and load(wd, "config.json")["fold"] == r["fold"]
+        assert b["test_songs"] == res["test_songs"] == split["test"]  # the baseline scores the same songs
+        assert not set(split["valid"]) & set(split["test"]) and not set(split["train"]) & set(split["test"])
+        assert b["n_train"] == len(split["train"]) and b["n_valid"] == len(split["valid"])
+        assert r["baseline"]["accuracy"] == b["test_accuracy"]
+        assert r["timing"]["wall_seconds"] > 0 and len(r["timing"]["loadavg_1_5_15"]) == 3
+        tested += split["test"]
+    assert len(tested) == len(set(tested)) == n  # the folds partition the songs
+
+    # Second call: nothing is retrained.
+    wd1 = s["runs"][1]["workdir"]
+    stamps = {r["workdir"]: os.path.getmtime(os.path.join(r["workdir"], "metrics.jsonl")) for r in s["runs"]}
+    capsys.readouterr()
+    assert cv.main(cv_args(folder, out)) == 0
+    log = capsys.readouterr().out
+    assert log.count("done before") == K and "resumed" not in log
+    assert {w: os.path.getmtime(os.path.join(w, "metrics.jsonl")) for w in stamps} == stamps
+    assert load(out, "summary.json")["network"] == s["network"]
+
+    # A fold interrupted after its step-2 checkpoint resumes from it and ends exactly as before.
+    metrics_before = read(os.path.join(wd1, "metrics.jsonl"))
+    os.remove(os.path.join(wd1, "results.json"))
+    shutil.rmtree(os.path.join(wd1, "checkpoints", "4"))
+    assert cv.main(cv_args(folder, out)) == 0
+    log = capsys.readouterr().out
+    assert log.count("done before") == K - 1 and "resumed from checkpoint at step 2" in log
+    assert read(os.path.join(wd1, "metrics.jsonl")) == metrics_before
+    s2 = load(out, "summary.json")
+    assert [r["accuracy"] for r in s2["runs"]] == accs and s2["baseline"] == s["baseline"]
+
+
+def test_spreads_over_folds_and_seeds(tmp_path):
+    rows = [{"seed": s, "fold": f, "accuracy": a, "n_test": 10, "confusion": [[1, 0], [0, 1]],
+             "baseline": {"accuracy": a - 0.1, "accuracy_songs": a, "confusion": [[1, 0], [1, 0]], "C": 1.0}}
+            for s, accs in ((0, (0.5, 0.7, 0.6)), (1, (0.8, 0.6, 0.7))) for f, a in enumerate(accs)]
+    s = cv.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))
+    net = s["network"]
+    assert net["mean"] == pytest.approx(0.65)
+    assert net["std_folds"] == pytest.approx(np.sqrt((0.01 + 0.01) / 2))
+    assert net["std_seeds"] == pytest.approx(statistics.stdev([0.6, 0.7]))
+    assert s["difference"]["mean"] == pytest.approx(0.1) and s["difference"]["std_folds"] == pytest.approx(0, abs=1e-12)
+    assert net["confusion"] == [[6, 0], [0, 6]] and s["baseline"]["recall"] == {"a": 1.0, "b": 0.0}
+    assert s["complete"]
+    part = cv.summarise(cv.Config(data="x"), 3, [0, 1], rows[:4], ("a", "b"))  # seed 1 has one fold so far
+    assert not part["complete"] and part["network"]["std_folds"] == pytest.approx(0.1)  # seed 0's folds only
+    assert part["network"]["per_seed"]["1"]["std"] is None
+    one = cv.summarise(cv.Config(data="x"), 3, [0], rows[:1], ("a", "b"))
+    assert one["network"]["std_folds"] is None and one["network"]["std_all"] is None
+    out = tmp_path / "partial"
+    out.mkdir()
+    cv.write(one, str(out))
+    assert "PARTIAL: 1 of 3 runs" in read(out / "summary.md")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds", "1"], "--folds 1: K must be >= 2"),
+    (["--folds", "9"], "K must be <= 5, the number of songs of the smallest genre"),
+    (["--seeds", "a,b"], "--seeds 'a,b': give comma-separated integers"),
+    (["--seed", "3"], "unrecognized arguments: --seed 3"),
+    (["--set", "nosuch=1"], "'nosuch' is not one"),
+    (["--set", "batch_size=x"], "'x' is not a valid int"),
+    (["--set", "fold=1"], "the driver sets fold itself"),
+    (["--model", "rnn"], "--model must be one of"),
+])
+def test_bad_flags_give_one_line(folder, tmp_path, capsys, extra, message):
+    args = cv_args(folder, str(tmp_path / "cv"))
+    args[args.index("--folds") + 1:args.index("--folds") + 2] = [extra[1]] if extra[0] == "--folds" else [str(K)]
+    if extra[0] != "--folds":
+        args += extra
+    assert cv.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines of the data loader may come first
+    assert err[-1].startswith("crnn_jax.cv: error:") and message in err[-1]
+    assert sum("error" in l for l in err) == 1 and not any("Traceback" in l for l in err)
+    assert not os.path.exists(tmp_path / "cv" / "summary.json")
+
+
+def test_missing_data_folder_gives_one_line(tmp_path, capsys):
+    assert cv.main(cv_args(str(tmp_path / "nowhere"), str(tmp_path / "cv"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("crnn_jax.cv: error:") and "nowhere" in err[0]
