@@ -127,8 +127,10 @@ class Predictor:
 
 
 def load_model(workdir: str, *, batch_size: int = DEFAULT_BATCH) -> Predictor:
-    """The newest checkpoint of a training workdir as a Predictor; reads config.json, classes.json and
-    checkpoints/, writes nothing. Raises ConfigError (one line) when the workdir cannot give a model."""
+    """The checkpoint a training workdir's test pass uses, as a Predictor: best/ (the best validation pass)
+    when the config tests the best checkpoint and best/ holds one, else the newest of checkpoints/. Reads
+    config.json, classes.json and the checkpoint, writes nothing. Raises ConfigError (one line) when the
+    workdir cannot give a model."""
     if not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir}: no such directory")
     try:
@@ -139,6 +141,9 @@ def load_model(workdir: str, *, batch_size: int = DEFAULT_BATCH) -> Predictor:
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"{os.path.join(workdir, 'classes.json')} has no list of class_names")
     ck_dir = os.path.join(workdir, "checkpoints")
+    best_dir = os.path.join(workdir, "best")
+    if cfg.test_checkpoint == "best" and os.path.isdir(best_dir) and any(n.isdigit() for n in os.listdir(best_dir)):
+        ck_dir = best_dir  # what train.py's test pass restored (results.json: tested_checkpoint "best")
     if not os.path.isdir(ck_dir):  # checked first: Checkpointer would create the directory
         raise ConfigError(f"--workdir {workdir} has no checkpoints/ (train it first)")
     net = model_lib.build_model(cfg, len(classes))

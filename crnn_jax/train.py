@@ -165,7 +165,9 @@ def train(cfg: Config, *, log=print) -> dict:
             return
         append_metrics(metrics_path, {"step": step, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"],
                                       "eval_window_accuracy": ev["window_accuracy"]})
-        if best.offer(step, ev["accuracy"], ev["loss"]):  # every process decides alike: a collective save
+        # Every process decides alike: a collective save. A run resumed behind a best checkpoint that its dead
+        # segment already wrote finds that step there: the same state (the run is deterministic), kept.
+        if best.offer(step, ev["accuracy"], ev["loss"]) and step not in best_ckpt.all_steps():
             best_ckpt.save(step, state)
 
     pending: list = []  # (first step, device metrics [devices, k]) not yet checked and written

@@ -83,11 +83,12 @@ def test_other_parts_and_a_folder_in_another_genre_order(run, music, tmp_path):
     assert eval_lib.main(["--model", model, "--data", music, "--part", "all", "--out", out]) == 0
     everything = load(out)
     assert everything["n_songs"] == 18 and everything["all"]["n_windows"] >= 18
-    # valid part = the run's last validation pass (its metrics line at the final step)
+    # valid part = the run's validation pass at the step the model comes from (the tested checkpoint)
     assert eval_lib.main(["--model", model, "--data", music, "--part", "valid", "--out", str(tmp_path / "v")]) == 0
+    tested = load(workdir)["tested_step"]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        last_eval = [json.loads(line) for line in f if "eval_loss" in line][-1]
-    assert load(str(tmp_path / "v"))["valid"]["loss"] == last_eval["eval_loss"]
+        [that_eval] = [r for r in map(json.loads, f) if "eval_loss" in r and r["step"] == tested]
+    assert load(str(tmp_path / "v"))["valid"]["loss"] == that_eval["eval_loss"]
 
     # Two of the genres only, one folder: labels follow the model's genre order, not the folder's.
     sub = tmp_path / "two"

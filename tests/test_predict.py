@@ -191,6 +191,7 @@ def test_bad_workdir_is_one_line_and_left_untouched(case, message, run_dir, song
         shutil.copytree(run_dir, wd)
     if case in ("no_checkpoints_dir", "empty_checkpoints"):
         shutil.rmtree(os.path.join(wd, "checkpoints"))
+        shutil.rmtree(os.path.join(wd, "best"), ignore_errors=True)  # no checkpoint of either kind
         if case == "empty_checkpoints":
             os.mkdir(os.path.join(wd, "checkpoints"))
     if case == "channels":  # the config of another model family member: every conv kernel has another shape
@@ -230,7 +231,7 @@ def test_cli_reports_bad_files_and_predicts_the_rest(run_dir, songs, predictor, 
     p = run_module("crnn_jax.predict", "--workdir", wd, songs[0], check=False, timeout=240)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines() == [
-        f"crnn_jax.predict: error: checkpoint {predictor.state.step} in {os.path.join(wd, 'checkpoints')} does not "
+        f"crnn_jax.predict: error: checkpoint {predictor.state.step} in {os.path.join(wd, 'best')} does not "
         "match the model that config.json and classes.json describe: params/gru1/cell/hn/bias is (8,) in the "
         "checkpoint, the model needs (4,)"], p.stderr
 
