@@ -276,7 +276,7 @@ def write(s: dict, out: str) -> None:
                   f"- {name} - MFCC+SVM, paired by run: {_pm(s['difference'])}"]
     if "timing" in s:
         t = s["timing"]
-        lines.append(f"- wall time per fold (this call's runs): mean {t['fold_wall_seconds_mean']:.0f} s, max "
+        lines.append(f"- wall time per fold (every run that recorded one, in this call or an earlier one): mean {t['fold_wall_seconds_mean']:.0f} s, max "
                      f"{t['fold_wall_seconds_max']:.0f} s, 1-minute load average {t['loadavg_1min_mean']:.2f}")
     lines += ["", "Per-genre recall (pooled over all test songs):", "",
               "| genre | " + name + " |" + (" MFCC+SVM |" if has_b else ""), "|---|---|" + ("---|" if has_b else "")]
