@@ -289,7 +289,8 @@ def write(s: dict, out: str) -> None:
     n = s["n_test_songs"]
     report.plot_confusion(np.array(s["network"]["confusion"]), s["class_names"],
                           os.path.join(out, "summary-confusion.png"),
-                          f"{name}, {s['folds']} folds x {len(s['seeds'])} seeds: {s['network']['accuracy']:.3f} (n={n})")
+                          f"{name}, {s['folds']} folds x {len(s['seeds'])} seeds: "
+                          f"{s['network']['accuracy']:.3f} (n={n})")
     if has_b:
         report.plot_confusion(np.array(s["baseline"]["confusion"]), s["class_names"],
                               os.path.join(out, "summary-confusion-baseline.png"),
