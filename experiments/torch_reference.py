@@ -79,7 +79,7 @@ class TorchCRNN(nn.Module):
         blocks, cin, n_freq = [], 1, mel_config.n_mels
         for cout, tp, fp in zip(conv_channels, time_pools, freq_pools):
             blocks.append(nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1),  # 3x3 SAME
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),  # 3x3 SAME; no bias before BatchNorm
                 nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM),
                 nn.ELU(),
                 nn.MaxPool2d((tp, fp)),  # (time, freq), window = stride, floor like flax's VALID
@@ -161,7 +161,6 @@ def load_flax_variables(net: TorchCRNN, variables: dict[str, Any]) -> TorchCRNN:
     for i, block in enumerate(net.blocks):
         p = params["convs"][f"conv{i}"]
         block[0].weight.copy_(_t(p["Conv_0"]["kernel"]).permute(3, 2, 0, 1))  # HWIO -> OIHW
-        block[0].bias.copy_(_t(p["Conv_0"]["bias"]))
         _copy_bn(block[1], p["BatchNorm_0"], stats and stats["convs"][f"conv{i}"]["BatchNorm_0"])
     if net.model == "crnn":
         for i, gru in enumerate(net.grus):

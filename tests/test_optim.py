@@ -264,3 +264,60 @@ def test_interim_params_rejects_states_without_one_velocity():
 def test_bad_hyperparameters_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         rmsprop_nesterov(**kwargs)
+
+
+# --- decoupled weight decay and the learning-rate warm-up (steps.make_optimizer) ---------------------------------
+def book_with_decoupled_decay(theta, grad, lr, rho, alpha, delta, wd, steps, decayed=("w",)):
+    """Algorithm 8.6 as above, then θ ← θ + v − ε_t λ θ for the decayed leaves (θ before the step)."""
+    theta = {k: np.array(x, np.float64) for k, x in theta.items()}
+    v = {k: np.zeros_like(x) for k, x in theta.items()}
+    r = {k: np.zeros_like(x) for k, x in theta.items()}
+    out = []
+    for t in range(steps):
+        eps_t = lr(t) if callable(lr) else lr
+        g = grad({k: theta[k] + alpha * v[k] for k in theta})
+        r = {k: rho * r[k] + (1 - rho) * g[k] * g[k] for k in r}
+        v = {k: alpha * v[k] - (eps_t / np.sqrt(delta + r[k])) * g[k] for k in v}
+        theta = {k: theta[k] + v[k] - (eps_t * wd * theta[k] if k in decayed else 0.0) for k in theta}
+        out.append(theta)
+    return out
+
+
+def test_decoupled_weight_decay_matches_its_formula_and_leaves_velocity_alone():
+    from crnn_jax.optim import decoupled_weight_decay
+
+    want = book_with_decoupled_decay(THETA0, grad_np, 0.05, 0.9, 0.9, 1e-2, 0.5, STEPS)
+    with jax.enable_x64(True):
+        params = {k: jnp.asarray(x, jnp.float64) for k, x in THETA0.items()}
+        tx = optax.chain(rmsprop_nesterov(**HYPER, eps=1e-2), decoupled_weight_decay(0.5, 0.05))
+        got = run_jax(tx, params, STEPS)
+    assert_trajectories_close(got, want, rtol=1e-12, atol=1e-13)  # only "w" (2-D) decays: the mask is tested too
+    plain = book_algorithm_8_6(THETA0, grad_np, 0.05, 0.9, 0.9, 1e-2, STEPS)
+    assert np.max(np.abs(plain[-1]["w"] - got[-1]["w"])) > 1e-3  # the decay really acts
+    with pytest.raises(ValueError, match="rate"):
+        decoupled_weight_decay(-1.0, 0.1)
+
+
+def test_make_optimizer_off_is_algorithm_8_6_and_warmup_values():
+    from crnn_jax import steps as S
+    from crnn_jax.config import Config
+
+    params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
+    off = S.make_optimizer(Config(), 100)
+    # weight_decay 0: the very state of rmsprop_nesterov (no decay transformation chained)...
+    assert jax.tree.structure(off.init(params)) == jax.tree.structure(rmsprop_nesterov(1e-3).init(params))
+    assert S.learning_rate_of(Config(), 100) == 1e-3
+    # ... and the same trajectory as the book's.
+    got = run_jax(S.make_optimizer(Config(learning_rate=0.05, eps=1e-8), 100), params, STEPS)
+    want = book_algorithm_8_6(THETA0, grad_np, 0.05, 0.9, 0.9, 1e-8, STEPS)
+    assert_trajectories_close(got, want, rtol=1e-5, atol=1e-5)
+    on = S.make_optimizer(Config(weight_decay=0.1), 100)
+    assert jax.tree.structure(on.init(params)) != jax.tree.structure(off.init(params))
+    # Warm-up: lr (t + 1) / W for t < W, then the schedule; composes with cosine over the whole run.
+    lr = S.learning_rate_of(Config(learning_rate=0.1, warmup_steps=4), 100)
+    np.testing.assert_allclose([float(lr(jnp.int32(t))) for t in range(6)], [0.025, 0.05, 0.075, 0.1, 0.1, 0.1],
+                               rtol=1e-6)
+    cos = S.learning_rate_of(Config(learning_rate=0.1, warmup_steps=4, lr_schedule="cosine"), 100)
+    for t in (0, 2, 3, 50, 99):
+        want_t = 0.1 * 0.5 * (1 + math.cos(math.pi * t / 100)) * min(1.0, (t + 1) / 4)
+        assert float(cos(jnp.int32(t))) == pytest.approx(want_t, rel=1e-5, abs=1e-8)

@@ -49,8 +49,21 @@ def test_one_and_two_devices_give_the_same_losses(tmp_path):
     assert len({round(l, 6) for _, l in runs[1]}) > 4
 
 
-def test_kill_and_resume_ends_identical(tmp_path):
-    args = ["--config", SMOKE, "--max-steps", "40", "--checkpoint-every", "4", "--log-every", "2"]
+# Every augmentation and regulariser on (and warm-up), for the resume test: a preset written by the test.
+AUGMENTED = """from crnn_jax.config import load_preset
+config = load_preset({smoke!r}).replace(spec_time_masks=2, spec_time_mask_frames=5, spec_freq_masks=2,
+    spec_freq_mask_bins=10, mixup_alpha=0.4, label_smoothing=0.1, eq_db=6.0, weight_decay=1e-3, warmup_steps=5)
+"""
+
+
+@pytest.mark.parametrize("augmented", [False, True], ids=["plain", "augmented"])
+def test_kill_and_resume_ends_identical(tmp_path, augmented):
+    preset = SMOKE
+    if augmented:
+        preset = str(tmp_path / "augmented.py")
+        with open(preset, "w") as f:
+            f.write(AUGMENTED.format(smoke=SMOKE))
+    args = ["--config", preset, "--max-steps", "40", "--checkpoint-every", "4", "--log-every", "2"]
     ref = str(tmp_path / "ref")
     run_module("crnn_jax.train", *args, "--workdir", ref)
 
@@ -82,6 +95,9 @@ def test_kill_and_resume_ends_identical(tmp_path):
     assert steps_timed(wd) == steps_timed(ref)  # nothing logged twice after the resume
     r1, r2 = load_json(ref, "results.json"), load_json(wd, "results.json")
     assert r1["test"]["confusion"] == r2["test"]["confusion"] and r1["test_accuracy"] == r2["test_accuracy"]
+    assert r1["best_valid"] == r2["best_valid"] and r1["tested_step"] == r2["tested_step"]
+    if augmented:  # the augmented run is not the plain one (the preset took effect)
+        assert load_json(wd, "config.json")["mixup_alpha"] == 0.4
 
 
 def smoke_config(tmp_path, **kw):
@@ -126,6 +142,11 @@ def test_run_writes_every_artifact_and_does_not_recompile(tmp_path, monkeypatch)
     assert all(0 < a["seconds"] <= b["seconds"] for a, b in zip(timing, timing[1:]))
     assert saved["time_to_accuracy"] == train_lib.time_to_accuracy(timing, train_lib.TARGET_ACCURACY)
     assert any({"step", "eval_loss", "eval_accuracy"} <= set(r) for r in rows)
+    # The best validation pass (accuracy, then lower loss, then earlier) is the tested checkpoint, kept in best/.
+    top = max(evals, key=lambda r: (r["eval_accuracy"], -r["eval_loss"], -r["step"]))
+    assert saved["tested_checkpoint"] == "best" and saved["tested_step"] == top["step"]
+    assert saved["best_valid"] == {"step": top["step"], "accuracy": top["eval_accuracy"], "loss": top["eval_loss"]}
+    assert os.listdir(os.path.join(wd, "best")) == [str(top["step"])]
     # Test songs and training songs never overlap (split by song).
     split = load_json(wd, "split.json")
     assert not set(split["train"]) & set(split["test"]) and not set(split["valid"]) & set(split["test"])
@@ -192,3 +213,41 @@ def test_time_to_accuracy_is_the_first_crossing():
             {"step": 30, "seconds": 12.0, "eval_accuracy": 0.95}]
     assert train_lib.time_to_accuracy(rows, 0.9) == {"target": 0.9, "step": 20, "seconds": 9.0}
     assert train_lib.time_to_accuracy(rows, 0.99) == {"target": 0.99, "step": None, "seconds": None}
+
+
+def test_best_selection_on_a_constructed_history():
+    from crnn_jax.selection import Best
+
+    rows = [{"step": 2, "eval_accuracy": 0.5, "eval_loss": 1.0}, {"step": 2, "train_loss": 9.0},
+            {"step": 4, "eval_accuracy": 0.7, "eval_loss": 1.2}, {"step": 6, "eval_accuracy": 0.7, "eval_loss": 0.9},
+            {"step": 8, "eval_accuracy": 0.7, "eval_loss": 0.9}, {"step": 10, "eval_accuracy": 0.6, "eval_loss": 0.1},
+            {"step": 12, "eval_accuracy": 0.8, "eval_loss": 2.0}]
+    # Accuracy first; an equal accuracy wins on lower loss (6 over 4); an exact tie keeps the earlier (6, not 8).
+    assert Best.replay(rows, upto=10).as_dict() == {"step": 6, "accuracy": 0.7, "loss": 0.9}
+    assert Best.replay(rows, upto=12).step == 12
+    assert Best.replay(rows, upto=5).step == 4 and Best.replay(rows, upto=1).as_dict() is None
+    # Early stopping counts passes since the best: 8 and 10 did not improve on 6.
+    b = Best.replay(rows, upto=10, patience=2)
+    assert b.since == 2 and b.stop
+    assert not Best.replay(rows, upto=8, patience=2).stop and not Best.replay(rows, upto=10).stop
+
+
+def test_early_stop_resumes_to_the_same_step(tmp_path):
+    # Validation every 2 steps, patience 2: on the smoke preset the best pass is at step 4 and the run stops at 8.
+    cfg = smoke_config(tmp_path, max_steps=24, eval_every=2, early_stop_patience=2, log_every=2, checkpoint_every=2)
+    res = train_lib.train(cfg, log=lambda *_: None)
+    stop = res["stopped_early_at"]
+    assert stop is not None and stop < 24 and res["steps"] == stop
+    assert max(r["step"] for r in metrics(cfg.workdir)) == stop
+    assert res["tested_checkpoint"] == "best" and res["tested_step"] == res["best_valid"]["step"] < stop
+    # A run broken at step 4 (a validation step) and resumed stops at the same step with the same metrics.
+    broken = cfg.replace(workdir=str(tmp_path / "broken"))
+    train_lib.train(broken.replace(max_steps=4), log=lambda *_: None)
+    again = train_lib.train(broken, log=lambda *_: None)
+    assert again["resumed_from"] == 4 and again["stopped_early_at"] == stop
+    assert metrics(broken.workdir) == metrics(cfg.workdir)
+    assert again["best_valid"] == res["best_valid"] and again["test"]["confusion"] == res["test"]["confusion"]
+    # Started again after it stopped: it stops at once, trains nothing and logs nothing new.
+    rerun = train_lib.train(cfg, log=lambda *_: None)
+    assert rerun["resumed_from"] == stop and rerun["stopped_early_at"] == stop
+    assert metrics(cfg.workdir) == metrics(broken.workdir)
