@@ -21,7 +21,7 @@ experiments/gtzan70.py: 5-fold evaluation by song on 70 real GTZAN clips (7 per 
 beside MFCC+SVM on the same folds; its table is in experiments/README.md ("70 real GTZAN clips"). On those clips the CRNN tied
 MFCC+SVM (0.750 both, 5 folds x 2 seeds); augmentation helped only with twice the steps, and testing the
 best validation pass did not help with one validation song per genre (the full split's 197 validation
-songs select far better: not measured). What a GPU changes: the same
+songs may select better: not measured). What a GPU changes: the same
 5 folds take seconds to a minute each, so the Choi-size model, ten folds, more seeds and longer schedules
 become affordable; nothing here has been measured on a GPU.
 """
