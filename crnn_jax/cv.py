@@ -275,17 +275,21 @@ def write(s: dict, out: str) -> None:
                   f"- {name} - MFCC+SVM, paired by run: {_pm(s['difference'])}"]
     if "timing" in s:
         t = s["timing"]
-        lines.append(f"- wall time per fold (this call's runs): mean {t['fold_wall_seconds_mean']:.0f} s, max "
+        lines.append(f"- wall time per fold (every run that recorded one, in this call or an earlier one): mean "
+                     f"{t['fold_wall_seconds_mean']:.0f} s, max "
                      f"{t['fold_wall_seconds_max']:.0f} s, 1-minute load average {t['loadavg_1min_mean']:.2f}")
     lines += ["", "Per-genre recall (pooled over all test songs):", "",
               "| genre | " + name + " |" + (" MFCC+SVM |" if has_b else ""), "|---|---|" + ("---|" if has_b else "")]
     for g in s["class_names"]:
-        lines.append(f"| {g} | {s['network']['recall'][g]:.2f} |" + (f" {s['baseline']['recall'][g]:.2f} |" if has_b else ""))
+        lines.append(f"| {g} | {s['network']['recall'][g]:.2f} |"
+                     + (f" {s['baseline']['recall'][g]:.2f} |" if has_b else ""))
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     n = s["n_test_songs"]
-    report.plot_confusion(np.array(s["network"]["confusion"]), s["class_names"], os.path.join(out, "summary-confusion.png"),
-                          f"{name}, {s['folds']} folds x {len(s['seeds'])} seeds: {s['network']['accuracy']:.3f} (n={n})")
+    report.plot_confusion(np.array(s["network"]["confusion"]), s["class_names"],
+                          os.path.join(out, "summary-confusion.png"),
+                          f"{name}, {s['folds']} folds x {len(s['seeds'])} seeds: "
+                          f"{s['network']['accuracy']:.3f} (n={n})")
     if has_b:
         report.plot_confusion(np.array(s["baseline"]["confusion"]), s["class_names"],
                               os.path.join(out, "summary-confusion-baseline.png"),
