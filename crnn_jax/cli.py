@@ -33,6 +33,7 @@ COMMANDS = {
     "predict": ("crnn_jax.predict", "the genres of your songs or folders, from a workdir or a model file"),
     "evaluate": ("crnn_jax.evaluate", "score a trained model on a folder or split, report into a new folder"),
     "export": ("crnn_jax.export", "a training workdir -> one portable model file"),
+    "cv": ("crnn_jax.cv", "k-fold evaluation by song: every fold and seed, beside MFCC+SVM, one summary"),
     "bench": ("crnn_jax.bench", "speed of the log-mel front end and of the training step"),
 }
 
