@@ -26,7 +26,7 @@ def pyproject():
 
 def test_console_script_dispatches_to_every_module(capsys):
     assert pyproject()["project"]["scripts"] == {"crnn-jax": "crnn_jax.cli:main"}
-    assert set(cli.COMMANDS) == {"train", "predict", "evaluate", "export", "bench"}
+    assert set(cli.COMMANDS) == {"train", "predict", "evaluate", "export", "cv", "bench"}
     for name, (module, _) in cli.COMMANDS.items():
         assert callable(importlib.import_module(module).main), module
     assert cli.main(["--help"]) == 0
@@ -34,7 +34,7 @@ def test_console_script_dispatches_to_every_module(capsys):
     assert all(re.search(rf"^  {name}\s", out, re.M) for name in cli.COMMANDS), out
     assert cli.main(["trian"]) == 2
     assert capsys.readouterr().err.strip() == ("crnn-jax: error: unknown command 'trian'; choose one of train, "
-                                               "predict, evaluate, export, bench")
+                                               "predict, evaluate, export, cv, bench")
     assert cli.main([]) == 2
 
 
