@@ -516,3 +516,11 @@ def test_ctrl_c_while_loading_data_and_a_data_file_are_one_line(tmp_path, capsys
     code, ours, err = run(capsys, "--workdir", str(tmp_path / "b"))
     assert code == 130 and ours == ["crnn_jax.train: interrupted; rerun with the same --workdir to resume"]
     assert os.listdir(tmp_path / "b") == [] and song.read_bytes() == b"RIFF"
+
+
+@pytest.mark.parametrize("preset", sorted(f for f in os.listdir(os.path.join(ROOT, "experiments"))
+                                          if f.endswith(".py") and f not in ("baseline_mfcc_svm.py", "torch_reference.py")))
+def test_every_preset_loads_and_passes_the_config_checks(preset):
+    """Each experiments/<name>.py preset defines a Config that Config's own checks accept."""
+    cfg = config_lib.load_preset(os.path.join(ROOT, "experiments", preset))
+    assert isinstance(cfg, Config) and Config.from_dict(json.loads(cfg.to_json())) == cfg
