@@ -25,7 +25,6 @@ possibly known artist".
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -74,39 +73,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 0,1") from None
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
-        raise ConfigError(f"--seeds: give one or more distinct integers, e.g. --seeds 0,1")
+        raise ConfigError("--seeds: give one or more distinct integers, e.g. --seeds 0,1")
     if args.folds < 2:
         raise ConfigError(f"--folds {args.folds}: K must be >= 2")
     return args
 
 
 def parse_set(item: str) -> tuple[str, typing.Any]:
-    """'field=value' -> (field, value converted to the Config field's type); ConfigError names a bad one."""
-    field, eq, text = item.partition("=")
-    field = field.strip().replace("-", "_")
-    hints = typing.get_type_hints(Config)
-    if not eq or field not in hints:
-        raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD a Config field "
-                          f"(e.g. --set learning_rate=0.002); {field!r} is not one")
+    """'field=value' -> (field, value) as config.parse_override parses it; ConfigError also for a field the
+    driver sets itself."""
+    field, value = config_lib.parse_override(item)
     if field in OWNED:
         raise ConfigError(f"--set {field}: the driver sets {field} itself (use {OWNED[field]})")
-    typ, text = hints[field], text.strip()
-    args = typing.get_args(typ)
-    try:
-        if type(None) in args:  # Optional[X]
-            if text.lower() in ("none", "null", ""):
-                return field, None
-            typ = next(a for a in args if a is not type(None))
-        if typing.get_origin(typ) is tuple:
-            elem = typing.get_args(typ)[0]
-            return field, tuple(elem(v) for v in text.strip("()[] ").split(",") if v.strip())
-        if typ is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return field, text.lower() in ("true", "1")
-        return field, typ(text)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--set {item!r}: {text!r} is not a valid {getattr(typ, '__name__', typ)}") from None
+    return field, value
 
 
 def base_config(args: argparse.Namespace) -> Config:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 from typing import Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

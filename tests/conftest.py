@@ -27,6 +27,32 @@ def _cache_in_tmp(tmp_path_factory):
     yield
 
 
+SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
+
+
+def snapshot(directory) -> list[tuple[str, int, int]]:
+    """Every file and folder under `directory` with its size and modification time (ns): equal snapshots
+    mean nothing was written, added or removed."""
+    out = []
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            st = os.stat(os.path.join(root, name))
+            out.append((os.path.relpath(os.path.join(root, name), directory), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> str:
+    """The workdir of one smoke-preset training run, shared by the whole session. Tests only read it
+    (test_predict snapshots it to prove that); a test that needs to damage one copies it first."""
+    from crnn_jax import config as config_lib
+    from crnn_jax import train as train_lib
+
+    cfg = config_lib.load_preset(SMOKE).replace(workdir=str(tmp_path_factory.mktemp("smoke") / "run"))
+    train_lib.train(cfg, log=lambda *_: None)
+    return cfg.workdir
+
+
 def run_module(module: str, *args: str, devices: int = 1, timeout: float = 300, env: dict | None = None,
                check: bool = True) -> subprocess.CompletedProcess:
     """`python -m module args` in a fresh process with `devices` host CPU devices; warnings are errors."""

@@ -146,8 +146,8 @@ def test_spreads_over_folds_and_seeds(tmp_path):
     (["--folds", "9"], "K must be <= 5, the number of songs of the smallest genre"),
     (["--seeds", "a,b"], "--seeds 'a,b': give comma-separated integers"),
     (["--seed", "3"], "unrecognized arguments: --seed 3"),
-    (["--set", "nosuch=1"], "'nosuch' is not one"),
-    (["--set", "batch_size=x"], "'x' is not a valid int"),
+    (["--set", "nosuch=1"], "Config has no field 'nosuch'"),
+    (["--set", "batch_size=x"], "'x' is not a valid int for batch_size"),
     (["--set", "fold=1"], "the driver sets fold itself"),
     (["--model", "rnn"], "--model must be one of"),
 ])

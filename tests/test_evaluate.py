@@ -8,24 +8,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT
+from conftest import SMOKE, snapshot
 from crnn_jax import config as config_lib
 from crnn_jax import evaluate as eval_lib
 from crnn_jax import export as export_lib
 from crnn_jax import synth
 from crnn_jax import train as train_lib
 
-SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 GENRES = ("four_on_floor", "rising_arpeggio", "fm_bells")
 
-
-def snapshot(directory):
-    out = []
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            st = os.stat(os.path.join(root, name))
-            out.append((os.path.relpath(os.path.join(root, name), directory), st.st_size, st.st_mtime_ns))
-    return sorted(out)
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT
-from crnn_jax import config as config_lib
 from crnn_jax import export as export_lib
 from crnn_jax import predict as predict_lib
 from crnn_jax import synth
-from crnn_jax import train as train_lib
-
-SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    cfg = config_lib.load_preset(SMOKE).replace(workdir=str(tmp_path_factory.mktemp("export") / "run"))
-    train_lib.train(cfg, log=lambda *_: None)
-    return cfg.workdir
+def run_dir(smoke_run):
+    return smoke_run
 
 
 @pytest.fixture(scope="module")

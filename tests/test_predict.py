@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, run_module
-from crnn_jax import config as config_lib
+from conftest import ROOT, run_module, snapshot
 from crnn_jax import data as data_lib
 from crnn_jax import evaluate as eval_lib
 from crnn_jax import model as model_lib
@@ -19,16 +18,12 @@ from crnn_jax import predict as predict_lib
 from crnn_jax import report
 from crnn_jax import steps as steps_lib
 from crnn_jax import synth
-from crnn_jax import train as train_lib
 
-SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    cfg = config_lib.load_preset(SMOKE).replace(workdir=str(tmp_path_factory.mktemp("predict") / "run"))
-    train_lib.train(cfg, log=lambda *_: None)
-    return cfg.workdir
+def run_dir(smoke_run):
+    return smoke_run
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +44,6 @@ def songs(tmp_path_factory, predictor):
         sf.write(paths[-1], x, sr, subtype="PCM_16")
     return paths
 
-
-def snapshot(directory):
-    """Every file and folder under `directory` with its size and modification time."""
-    out = []
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            st = os.stat(os.path.join(root, name))
-            out.append((os.path.relpath(os.path.join(root, name), directory), st.st_size, st.st_mtime_ns))
-    return sorted(out)
 
 
 def test_prediction_matches_the_evaluator_song_score(predictor, songs, run_dir, monkeypatch):
