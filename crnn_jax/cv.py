@@ -122,6 +122,20 @@ def finished(cfg: Config) -> dict | None:
     return _load(os.path.join(wd, "results.json"))
 
 
+def write_timing(path: str, wall: float, res: dict) -> None:
+    """OUT/seed<s>-fold<i>/cv_timing.json after a train() call of `wall` seconds. A call that resumed a run
+    an earlier call had timed (a longer schedule, or a finished run re-tested after a resumable config change)
+    adds its time to that record, and one that trained no step keeps the earlier load average, so a rerun
+    never replaces a fold's training time with the seconds of a re-test."""
+    prev = _load(path) if res.get("resumed_from") else None
+    same_steps = prev is not None and res.get("resumed_from") == res.get("steps")
+    with open(path, "w") as f:
+        json.dump({"wall_seconds": round(wall + (prev or {}).get("wall_seconds", 0.0), 1),
+                   "train_seconds": res["train_seconds"], "resumed_from": res.get("resumed_from"),
+                   "loadavg_1_5_15": prev["loadavg_1_5_15"] if same_steps
+                   else [round(x, 2) for x in os.getloadavg()]}, f)
+
+
 def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: bool = True, log=print) -> dict:
     """Train (or skip, or resume) every (seed, fold), score the baseline on the same split, write the summary.
     -> the summary dict (also OUT/summary.json)."""
@@ -142,10 +156,7 @@ def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: b
                 train_lib.check_workdir_config(rc.workdir, rc)  # a workdir of another config: one line, untouched
                 t0 = time.time()
                 res = train_lib.train(rc, log=lambda m, tag=tag: None if m.startswith("config:") else log(f"{tag} {m}"))
-                with open(timing_path, "w") as f:
-                    json.dump({"wall_seconds": round(time.time() - t0, 1), "train_seconds": res["train_seconds"],
-                               "resumed_from": res.get("resumed_from"),
-                               "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}, f)
+                write_timing(timing_path, time.time() - t0, res)
             split = splits.make_split(rc, ds)
             test_names = [ds.names[i] for i in split["test"]]
             if test_names != res["test_songs"]:

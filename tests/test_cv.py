@@ -167,3 +167,23 @@ def test_missing_data_folder_gives_one_line(tmp_path, capsys):
     assert cv.main(cv_args(str(tmp_path / "nowhere"), str(tmp_path / "cv"))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("crnn_jax.cv: error:") and "nowhere" in err[0]
+
+
+def test_a_rerun_adds_to_a_folds_time_and_never_replaces_it(tmp_path):
+    """cv_timing.json: a fresh run records its wall time; a call that resumed a timed run (a longer schedule,
+    or a finished one re-tested after a resumable config change) adds its seconds to the record, and one that
+    trained no step keeps the earlier load average instead of the re-test's."""
+    path = str(tmp_path / "cv_timing.json")
+    cv.write_timing(path, 500.0, {"train_seconds": 480.0, "resumed_from": None, "steps": 1680})
+    first = json.load(open(path))
+    assert first["wall_seconds"] == 500.0 and len(first["loadavg_1_5_15"]) == 3
+    first["loadavg_1_5_15"] = [9.0, 9.0, 9.0]  # mark it, to see whether a re-test keeps it
+    json.dump(first, open(path, "w"))
+    cv.write_timing(path, 4.0, {"train_seconds": 480.0, "resumed_from": 1680, "steps": 1680})  # re-test only
+    again = json.load(open(path))
+    assert again["wall_seconds"] == 504.0 and again["loadavg_1_5_15"] == [9.0, 9.0, 9.0]
+    cv.write_timing(path, 300.0, {"train_seconds": 760.0, "resumed_from": 1680, "steps": 2520})  # longer schedule
+    longer = json.load(open(path))
+    assert longer["wall_seconds"] == 804.0 and longer["loadavg_1_5_15"] != [9.0, 9.0, 9.0]
+    cv.write_timing(path, 7.0, {"train_seconds": 6.0, "resumed_from": None, "steps": 20})  # a fresh run replaces
+    assert json.load(open(path))["wall_seconds"] == 7.0
