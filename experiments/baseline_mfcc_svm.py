@@ -16,7 +16,9 @@ Measured here (experiments/README.md has the commands): on the built-in syntheti
 runs, seeds 0-2, 40 test songs each) 0.842 +- 0.038 (windows) and 0.775 +- 0.075 (songs); with
 --segment-split-demo on the ten real sample clips (one per genre) 0.90, which measures recognising a recording,
 not a genre. On 70 real GTZAN clips (crnn_jax.cv, 5 folds by song, seeds 0 and 1; not artist-filtered):
-0.750 ± 0.133 (windows) and 0.564 ± 0.120 (songs), mean ± std over folds; on the full GTZAN: not measured.
+with 46 training songs and C by validation, 0.750 ± 0.133 (windows) and 0.564 ± 0.120 (songs); with all 56
+training songs and C = 10 (experiments/gtzan70.py now), 0.750 ± 0.086 (windows) and 0.679 ± 0.093 (songs),
+mean ± std over folds; on the full GTZAN: not measured.
 """
 
 from __future__ import annotations

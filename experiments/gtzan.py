@@ -18,10 +18,10 @@ on (no network), so the settings below are the report's and Choi et al.'s, kept 
 (on 2 CPU cores a Choi-size fold is ~4x the work of the CPU width and 150 epochs of 443 songs are ~2,100
 steps: hours, not minutes). The recipe tuned on real clips is the small-data CPU preset
 experiments/gtzan70.py: 5-fold evaluation by song on 70 real GTZAN clips (7 per genre) with crnn_jax.cv,
-beside MFCC+SVM on the same folds; its table is in experiments/README.md ("70 real GTZAN clips"). On those clips the CRNN tied
-MFCC+SVM (0.750 both, 5 folds x 2 seeds); augmentation helped only with twice the steps, and testing the
-best validation pass did not help with one validation song per genre (the full split's 197 validation
-songs may select better: not measured). What a GPU changes: the same
+beside MFCC+SVM on the same folds; its table is in experiments/README.md ("70 real GTZAN clips"). On those clips the CRNN leads
+MFCC+SVM by less than the fold spread (0.814 against 0.750, 5 folds x 2 seeds); the schedule was the
+largest lever (420 -> 1,680 steps: 0.671 -> 0.800), and testing the best validation pass did not help
+with one validation song per genre (the full split's 197 validation songs may select better: not measured). What a GPU changes: the same
 5 folds take seconds to a minute each, so the Choi-size model, ten folds, more seeds and longer schedules
 become affordable; nothing here has been measured on a GPU.
 """
