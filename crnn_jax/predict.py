@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -126,11 +127,14 @@ class Predictor:
         }
 
 
-def load_model(workdir: str, *, batch_size: int = DEFAULT_BATCH) -> Predictor:
+def load_model(workdir: str, *, batch_size: int = DEFAULT_BATCH,
+               warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Predictor:
     """The checkpoint a training workdir's test pass uses, as a Predictor: best/ (the best validation pass)
     when the config tests the best checkpoint and best/ holds one, else the newest of checkpoints/. Reads
-    config.json, classes.json and the checkpoint, writes nothing. Raises ConfigError (one line) when the
-    workdir cannot give a model."""
+    config.json, classes.json and the checkpoint, writes nothing. A damaged newest checkpoint (its file
+    list or checksums disagree, or orbax cannot read it) is passed over for the newest intact older one,
+    with a one-line `warn` naming both; nothing is moved (training does that on resume). Raises ConfigError
+    (one line) when the workdir cannot give a model."""
     if not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir}: no such directory")
     try:
@@ -154,23 +158,50 @@ def load_model(workdir: str, *, batch_size: int = DEFAULT_BATCH) -> Predictor:
         lambda: steps_lib.create_state(net, steps_lib.make_optimizer(cfg, 1), cfg.crop_samples, cfg.seed)))
     ckpt = ckpt_lib.Checkpointer(ck_dir)
     try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise ConfigError(f"--workdir {workdir} has no checkpoint in {ck_dir} (train it first)")
-        # Compare shapes before restoring: a restore that fails half-way leaves orbax's pending reads to
-        # die noisily at interpreter exit, which is not the one-line error a user should see.
-        mismatch = _mismatch(_flat_shapes(like), _stored_shapes(ck_dir, step))
-        if mismatch:
-            raise ConfigError(f"checkpoint {step} in {ck_dir} does not match the model that config.json and "
-                              f"classes.json describe: {mismatch}")
-        try:
-            state = ckpt.restore(like)
-        except Exception as e:  # shapes agreed, so the files themselves are damaged
-            raise ConfigError(f"checkpoint {step} in {ck_dir} is unreadable "
-                              f"({' '.join(str(e).split())[:200]})") from None
+        state, step = _restore_newest_intact(ckpt, ck_dir, like, warn)
     finally:
         ckpt.close()
+    if state is None:
+        raise ConfigError(f"--workdir {workdir} has no checkpoint in {ck_dir} (train it first)")
     return Predictor(cfg, tuple(classes), state, batch_size=batch_size)
+
+
+def _restore_newest_intact(ckpt: ckpt_lib.Checkpointer, ck_dir: str, like, warn: Callable[[str], None]):
+    """(state, step) of the newest checkpoint in ck_dir that restores intact, (None, None) when there is
+    none at all. A shape mismatch is an error at once (the config, not the files, is wrong); damaged ones
+    are skipped, and ConfigError when every one is damaged."""
+    damaged: list[tuple[int, str]] = []
+    for step in sorted(ckpt.all_steps(), reverse=True):
+        why = ckpt.damage(step)
+        if not why:
+            # Compare shapes before restoring: a restore that fails half-way leaves orbax's pending reads
+            # to die noisily at interpreter exit, which is not the one-line error a user should see.
+            try:
+                stored = _stored_shapes(ck_dir, step)
+            except ConfigError as e:
+                why = str(e).split(" is unreadable ", 1)[-1]
+            else:
+                mismatch = _mismatch(_flat_shapes(like), stored)
+                if mismatch:
+                    raise ConfigError(f"checkpoint {step} in {ck_dir} does not match the model that config.json "
+                                      f"and classes.json describe: {mismatch}")
+                try:
+                    state = ckpt.restore(like, step)
+                except Exception as e:  # shapes agreed, so the files themselves are damaged
+                    why = f"orbax cannot restore it: {' '.join(str(e).split())[:200]}"
+        if why:
+            damaged.append((step, why))
+            continue
+        if damaged:
+            warn(f"warning: checkpoint {damaged[0][0]} in {ck_dir} is damaged ({damaged[0][1]}); using the newest "
+                 f"intact one, checkpoint {step}" + (f" (also damaged: {', '.join(str(s) for s, _ in damaged[1:])})"
+                                                    if len(damaged) > 1 else ""))
+        return state, step
+    if damaged:
+        raise ConfigError(f"checkpoint {damaged[0][0]} in {ck_dir} is unreadable ({damaged[0][1]})"
+                          + (f"; so are the older {', '.join(str(s) for s, _ in damaged[1:])}" if len(damaged) > 1
+                             else "") + ": train the run again or restore the folder from a copy")
+    return None, None
 
 
 def _flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:

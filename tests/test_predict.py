@@ -197,6 +197,61 @@ def test_bad_workdir_is_one_line_and_left_untouched(case, message, run_dir, song
     assert (snapshot(wd) if os.path.isdir(wd) else None) == before
 
 
+def _flip_a_byte(step_dir):
+    """Same size, one byte of the largest array file changed (orbax alone would restore wrong numbers)."""
+    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+    big = max(files, key=os.path.getsize)
+    with open(big, "r+b") as f:
+        f.seek(os.path.getsize(big) // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_older_one_and_moves_nothing(run_dir, songs, tmp_path,
+                                                                                 capsys):
+    wd = str(tmp_path / "wd")
+    shutil.copytree(run_dir, wd)
+    shutil.rmtree(os.path.join(wd, "best"))  # the newest of checkpoints/ is what is loaded then
+    ck = os.path.join(wd, "checkpoints")
+    assert sorted(os.listdir(ck)) == ["4", "6"]
+    older = str(tmp_path / "older")  # the oracle: the same workdir with only checkpoint 4
+    shutil.copytree(wd, older)
+    shutil.rmtree(os.path.join(older, "checkpoints", "6"))
+    _flip_a_byte(os.path.join(ck, "6"))
+    before = snapshot(wd)
+    warnings = []
+    got = predict_lib.load_model(wd, batch_size=4, warn=warnings.append)
+    want = predict_lib.load_model(older, batch_size=4, warn=warnings.append)
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: checkpoint 6 in {ck} is damaged (") \
+        and warnings[0].endswith("differs from what was written); using the newest intact one, checkpoint 4")
+    a = predict_lib.read_song(songs[1], got.sample_rate)
+    np.testing.assert_array_equal(got.predict(a)["window_probs"], want.predict(a)["window_probs"])
+    assert snapshot(wd) == before  # predict writes nothing: the damaged checkpoint stays where it is
+    # The CLI says it on stderr, one line, and still predicts.
+    assert predict_lib.main(["--workdir", wd, songs[1]]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 1
+    assert [l for l in captured.err.splitlines() if l.strip()] == warnings
+
+
+def test_every_checkpoint_damaged_is_one_line_and_nothing_moves(run_dir, songs, tmp_path, capsys):
+    wd = str(tmp_path / "wd")
+    shutil.copytree(run_dir, wd)
+    shutil.rmtree(os.path.join(wd, "best"))
+    ck = os.path.join(wd, "checkpoints")
+    for step in ("4", "6"):
+        _flip_a_byte(os.path.join(ck, step))
+    before = snapshot(wd)
+    assert predict_lib.main(["--workdir", wd, songs[0]]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1, captured.err
+    assert lines[0].startswith(f"crnn_jax.predict: error: checkpoint 6 in {ck} is unreadable (")
+    assert lines[0].endswith("; so are the older 4: train the run again or restore the folder from a copy")
+    assert snapshot(wd) == before
+
+
 def test_cli_reports_bad_files_and_predicts_the_rest(run_dir, songs, predictor, tmp_path):
     missing, corrupt = str(tmp_path / "missing.wav"), str(tmp_path / "corrupt.wav")
     with open(corrupt, "wb") as f:
