@@ -8,6 +8,7 @@ the preset field by field; the resolved config is printed at the start of a run 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
@@ -69,6 +70,10 @@ class Config:
     eval_hop_seconds: float | None = None  # hop between eval windows, s; None = crop_seconds
     gain_db: float = 6.0  # random gain augmentation, uniform in +-gain_db dB
     seed: int = 0
+    # Ensemble member: 0 trains with `seed` itself; m > 0 with another initialisation, crop, dropout and
+    # augmentation stream (train_seed) on the very same split (the split stays a function of `seed`).
+    member: int = 0
+    ensemble: int = 1  # crnn_jax.cv: members 0..ensemble-1 per fold, scored by their mean song log-probability
     weight_decay: float = 0.0  # decoupled: theta <- theta + v - lr_t * weight_decay * theta, kernels only; 0 = off
     warmup_steps: int = 0  # linear warm-up of the learning rate over this many steps (times the schedule); 0 = off
     # --- augmentation (augment.py; inside the jitted step, a function of (seed, step); all off by default) ----
@@ -126,6 +131,9 @@ class Config:
         need(self.synth_seconds > 0, f"synth_seconds must be > 0, got {self.synth_seconds}")
         need(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(isinstance(self.member, int) and self.member >= 0, f"member must be an integer >= 0, got {self.member!r}")
+        need(isinstance(self.ensemble, int) and self.ensemble >= 1,
+             f"ensemble must be an integer >= 1, got {self.ensemble!r}")
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("spec_time_masks", "spec_time_mask_frames", "spec_freq_masks", "spec_freq_mask_bins"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
@@ -195,6 +203,15 @@ class Config:
         """Hop between evaluation windows in samples."""
         hop = self.crop_seconds if self.eval_hop_seconds is None else self.eval_hop_seconds
         return max(1, int(round(hop * self.sample_rate)))
+
+    @property
+    def train_seed(self) -> int:
+        """The seed of a run's training randomness (initialisation, crops, gains, dropout, augmentation):
+        `seed` for member 0, so a single run is what it always was; another 31-bit seed for each member > 0."""
+        if self.member == 0:
+            return self.seed
+        digest = hashlib.sha256(f"crnn_jax member {self.seed} {self.member}".encode()).digest()
+        return int.from_bytes(digest[:4], "little") >> 1
 
     def conv_dropout_rate(self) -> float:
         return self.conv_dropout if self.dropout is None else self.dropout

@@ -40,11 +40,12 @@ from crnn_jax import data as data_lib
 from crnn_jax import report
 from crnn_jax import splits
 from crnn_jax import train as train_lib
+from crnn_jax import workdir as workdir_lib
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data import DataError
 
 # The driver sets these per run; a user may not.
-OWNED = {"split": "--folds", "fold": "--folds", "seed": "--seeds", "workdir": "--out"}
+OWNED = {"split": "--folds", "fold": "--folds", "seed": "--seeds", "workdir": "--out", "member": "--set ensemble=M"}
 NOTE = ("Folds are by song (every window of a song on one side), not by artist: where one artist or album "
         "has several songs (as adjacent GTZAN clips do), this measures recognising a new song of a possibly "
         "known artist, not artist-filtered generalisation.")
@@ -100,8 +101,12 @@ def base_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def run_config(cfg: Config, out: str, k: int, seed: int, fold: int) -> Config:
-    return cfg.replace(split=f"kfold:{k}", fold=fold, seed=seed, workdir=os.path.join(out, f"seed{seed}-fold{fold}"))
+def run_config(cfg: Config, out: str, k: int, seed: int, fold: int, member: int = 0) -> Config:
+    """The one training run of (seed, fold, member): OUT/seed<s>-fold<i> for member 0, OUT/seed<s>-fold<i>-m<m>
+    for the other members of an ensemble (each a single network: ensemble=1 in its config.json)."""
+    name = f"seed{seed}-fold{fold}" + (f"-m{member}" if member else "")
+    return cfg.replace(split=f"kfold:{k}", fold=fold, seed=seed, member=member, ensemble=1,
+                       workdir=os.path.join(out, name))
 
 
 def _load(path: str):
@@ -116,6 +121,7 @@ def finished(cfg: Config) -> dict | None:
     """results.json of a finished run of exactly this config, else None."""
     wd = cfg.workdir
     saved, new = _load(os.path.join(wd, "config.json")), json.loads(cfg.to_json())
+    saved = None if not isinstance(saved, dict) else {**workdir_lib.saved_defaults(), **saved}  # fields added since
     same = saved is not None and all(saved.get(f) == v for f, v in new.items() if f not in ("workdir", "cache_dir"))
     if not same:  # another config (train() refuses it in one line) or a longer run of this one (train() resumes)
         return None
@@ -136,6 +142,55 @@ def write_timing(path: str, wall: float, res: dict) -> None:
                    else [round(x, 2) for x in os.getloadavg()]}, f)
 
 
+def train_member(rc: Config, tag: str, log) -> tuple[Config, dict]:
+    """Skip (finished before), resume or train one run -> (its config, its results.json)."""
+    res = finished(rc)
+    timing_path = os.path.join(rc.workdir, "cv_timing.json")
+    if res is not None:
+        log(f"{tag} done before: test accuracy {res['test_accuracy']:.4f} ({rc.workdir}/results.json)")
+        return rc, res
+    train_lib.check_workdir_config(rc.workdir, rc)  # a workdir of another config: one line, untouched
+    t0 = time.time()
+    res = train_lib.train(rc, log=lambda m: None if m.startswith("config:") else log(f"{tag} {m}"))
+    write_timing(timing_path, time.time() - t0, res)
+    return rc, res
+
+
+def fold_timing(records: list[dict | None]) -> dict | None:
+    """A fold's cv_timing over its members (one record each): seconds add up, the last load average stands;
+    None when a member has no record (trained by an older version, or killed before one was written)."""
+    if not records or any(r is None for r in records):
+        return None
+    if len(records) == 1:
+        return records[0]
+    return {"wall_seconds": round(sum(r["wall_seconds"] for r in records), 1),
+            "train_seconds": sum(r["train_seconds"] for r in records), "resumed_from": None,
+            "loadavg_1_5_15": records[-1]["loadavg_1_5_15"]}
+
+
+def member_song_log_probs(rc: Config, res: dict, ds: data_lib.Dataset, test: np.ndarray) -> np.ndarray:
+    """One member's test songs' mean window log-probabilities [S, C]: from its results.json, or (a run
+    written before results.json held them) by scoring its tested checkpoint again, as its test pass did."""
+    if "song_log_probs" in res["test"]:
+        return np.asarray(res["test"]["song_log_probs"], np.float64)
+    from crnn_jax import evaluate, predict  # only for runs of older versions
+
+    state = predict.load_model(rc.workdir).state
+    return np.asarray(evaluate.score(rc, state, ds, test)["song_log_probs"], np.float64)
+
+
+def ensemble_scores(members: list[tuple[Config, dict]], ds: data_lib.Dataset, test: np.ndarray) -> dict:
+    """The fold's ensemble: each test song's log-probabilities averaged over the members (each already
+    the mean over the song's windows), argmax -> the row's accuracy and confusion; the members' own
+    accuracies beside them, so the summary shows what averaging added."""
+    slp = np.mean([member_song_log_probs(rc, res, ds, test) for rc, res in members], axis=0)
+    labels, pred = ds.labels[test], slp.argmax(-1)
+    return {"accuracy": float((pred == labels).mean()),
+            "confusion": report.confusion(labels, pred, len(ds.class_names)).tolist(),
+            "member_accuracies": [res["test_accuracy"] for _, res in members],
+            "member_workdirs": [rc.workdir for rc, _ in members]}
+
+
 def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: bool = True, log=print) -> dict:
     """Train (or skip, or resume) every (seed, fold), score the baseline on the same split, write the summary.
     -> the summary dict (also OUT/summary.json)."""
@@ -146,26 +201,23 @@ def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: b
         ds, _ = train_lib.load_data(run_config(cfg, out, k, seed, 0))
         ds0 = ds if ds0 is None else ds0
         for fold in range(k):
-            rc = run_config(cfg, out, k, seed, fold)
             tag = f"[seed {seed} fold {fold}/{k}]"
-            res = finished(rc)
-            timing_path = os.path.join(rc.workdir, "cv_timing.json")
-            if res is not None:
-                log(f"{tag} done before: test accuracy {res['test_accuracy']:.4f} ({rc.workdir}/results.json)")
-            else:
-                train_lib.check_workdir_config(rc.workdir, rc)  # a workdir of another config: one line, untouched
-                t0 = time.time()
-                res = train_lib.train(rc, log=lambda m, tag=tag: None if m.startswith("config:") else log(f"{tag} {m}"))
-                write_timing(timing_path, time.time() - t0, res)
+            members = [train_member(run_config(cfg, out, k, seed, fold, m),
+                                    tag[:-1] + f" member {m}]" if cfg.ensemble > 1 else tag, log)
+                       for m in range(cfg.ensemble)]
+            rc, res = members[0]
             split = splits.make_split(rc, ds)
             test_names = [ds.names[i] for i in split["test"]]
-            if test_names != res["test_songs"]:
-                raise DataError(f"{rc.workdir}: its test songs are not fold {fold}'s of --seeds {seed} on this data "
-                                f"(the data folder changed?); use another --out")
+            for rc_m, res_m in members:
+                if test_names != res_m["test_songs"]:
+                    raise DataError(f"{rc_m.workdir}: its test songs are not fold {fold}'s of --seeds {seed} on this "
+                                    f"data (the data folder changed?); use another --out")
             row = {"seed": seed, "fold": fold, "workdir": rc.workdir, "accuracy": res["test_accuracy"],
                    "n_test": res["n_test"], "confusion": res["test"]["confusion"],
                    "n_train": len(split["train"]), "n_valid": len(split["valid"]),
-                   "timing": _load(timing_path)}
+                   "timing": fold_timing([_load(os.path.join(m.workdir, "cv_timing.json")) for m, _ in members])}
+            if cfg.ensemble > 1:
+                row.update(ensemble_scores(members, ds, split["test"]))
             for key in ("tested_checkpoint", "tested_step", "stopped_early_at"):  # which state was tested
                 row[key] = res.get(key)
             if with_baseline:
@@ -182,7 +234,8 @@ def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: b
                         json.dump(b, f, indent=1)
                 row["baseline"] = {"accuracy": b["test_accuracy"], "accuracy_songs": b["test_accuracy_songs"],
                                    "confusion": b["confusion_windows"], "C": b["C_windows"]}
-                log(f"{tag} {cfg.model.upper()} {row['accuracy']:.4f}, MFCC+SVM {b['test_accuracy']:.4f} "
+                log(f"{tag} {cfg.model.upper()}{f' ensemble of {cfg.ensemble}' if cfg.ensemble > 1 else ''} "
+                    f"{row['accuracy']:.4f}, MFCC+SVM {b['test_accuracy']:.4f} "
                     f"({row['n_test']} test songs)")
             runs.append(row)
             summary = summarise(cfg, k, seeds, runs, ds0.class_names)
@@ -219,7 +272,9 @@ def summarise(cfg: Config, k: int, seeds: list[int], runs: list[dict], class_nam
          "n_test_songs": sum(r["n_test"] for r in runs), "class_names": list(class_names), "note": NOTE,
          "config": json.loads(cfg.replace(workdir="", seed=0, fold=0, split=f"kfold:{k}").to_json()),
          "network": {**spread(runs, lambda r: r["accuracy"]), **pooled(runs, lambda r: r["confusion"], class_names)},
-         "runs": runs}
+         "runs": runs, "ensemble": cfg.ensemble}
+    if cfg.ensemble > 1:  # the rows score the ensemble; this is what its members scored alone
+        s["members"] = spread(runs, lambda r: statistics.mean(r["member_accuracies"]))
     if all("baseline" in r for r in runs):
         s["baseline"] = {**spread(runs, lambda r: r["baseline"]["accuracy"]),
                          **pooled(runs, lambda r: r["baseline"]["confusion"], class_names)}
@@ -258,7 +313,11 @@ def write(s: dict, out: str) -> None:
                      + (f" {r['baseline']['accuracy']:.3f} |" if has_b else "")
                      + f" {r.get('tested_checkpoint') or '-'} ({r.get('tested_step') or '-'}) |"
                      + f" {t.get('wall_seconds', '-')} | {(t.get('loadavg_1_5_15') or ['-'])[0]} |")
-    lines += ["", f"- {name}: {_pm(s['network'])}; pooled {s['network']['accuracy']:.3f}"]
+    ens = s.get("ensemble", 1)
+    lines += ["", f"- {name}" + (f", ensemble of {ens} (mean song log-probability)" if ens > 1 else "")
+              + f": {_pm(s['network'])}; pooled {s['network']['accuracy']:.3f}"]
+    if "members" in s:
+        lines.append(f"- its members alone (mean of the {ens} accuracies per fold): {_pm(s['members'])}")
     if has_b:
         lines += [f"- MFCC+SVM (windows): {_pm(s['baseline'])}; pooled {s['baseline']['accuracy']:.3f}",
                   f"- MFCC+SVM (song statistics): {_pm(s['baseline_songs'])}",

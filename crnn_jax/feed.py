@@ -51,7 +51,7 @@ class _Feed:
         """This process's rows of the global batches of steps step .. step + k - 1."""
         c = self.cfg
         return [data_lib.Batch(*(x[self.rows] for x in data_lib.sample_batch(
-                    c.seed, s, train_songs=self.train_songs, lengths=self.ds.lengths, batch_size=c.batch_size,
+                    c.train_seed, s, train_songs=self.train_songs, lengths=self.ds.lengths, batch_size=c.batch_size,
                     crop=c.crop_samples, gain_db=c.gain_db)))
                 for s in range(step, step + k)]
 

@@ -127,6 +127,30 @@ class Predictor:
         }
 
 
+class Ensemble(Predictor):
+    """Several trained models scored as one: each window's log-probabilities averaged over the members,
+    so a song's score is the members' mean song log-probability (what `crnn_jax.cv --set ensemble=M`
+    scores). Members must share genres, head, sample rate, crop and evaluation hop (their windows align).
+    """
+
+    def __init__(self, members: list[Predictor]):
+        first = members[0]
+        for m in members[1:]:
+            for what, a, b in (("genres", m.class_names, first.class_names), ("head", m.cfg.head, first.cfg.head),
+                               ("sample rate", m.sample_rate, first.sample_rate),
+                               ("crop", m.cfg.crop_samples, first.cfg.crop_samples),
+                               ("evaluation hop", m.cfg.eval_hop_samples, first.cfg.eval_hop_samples)):
+                if a != b:
+                    raise ConfigError(f"the models of an ensemble must agree in their {what}: {b} against {a}")
+        self.members, self.cfg, self.class_names, self.batch_size = members, first.cfg, first.class_names, \
+            first.batch_size
+
+    def window_log_probs(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (log-probabilities [W, n_classes] averaged over the members, window starts [W] in samples)."""
+        outs = [m.window_log_probs(audio) for m in self.members]
+        return np.mean([logp.astype(np.float64) for logp, _ in outs], axis=0), outs[0][1]
+
+
 def load_model(workdir: str, *, batch_size: int = DEFAULT_BATCH,
                warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Predictor:
     """The checkpoint a training workdir's test pass uses, as a Predictor: best/ (the best validation pass)
@@ -164,6 +188,12 @@ def load_model(workdir: str, *, batch_size: int = DEFAULT_BATCH,
     if state is None:
         raise ConfigError(f"--workdir {workdir} has no checkpoint in {ck_dir} (train it first)")
     return Predictor(cfg, tuple(classes), state, batch_size=batch_size)
+
+
+def load_models(workdirs: list[str], *, batch_size: int = DEFAULT_BATCH) -> Predictor:
+    """One workdir -> its Predictor; several -> their Ensemble."""
+    models = [load_model(w, batch_size=batch_size) for w in workdirs]
+    return models[0] if len(models) == 1 else Ensemble(models)
 
 
 def _restore_newest_intact(ckpt: ckpt_lib.Checkpointer, ck_dir: str, like, warn: Callable[[str], None]):
@@ -301,8 +331,8 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _Parser(prog="crnn-jax predict", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir", metavar="RUN", help="a training run's workdir, relative or absolute (its newest "
-                     "checkpoint)")
+    src.add_argument("--workdir", metavar="RUN", action="append", help="a training run's workdir, relative or "
+                     "absolute (its tested checkpoint); repeat it for an ensemble of runs (their mean log-probability)")
     src.add_argument("--model", metavar="FILE", help="a model file written by `crnn-jax export`")
     p.add_argument("files", nargs="+", metavar="FILE",
                    help=f"audio files, or folders searched recursively for {'/'.join(AUDIO_EXTS)} "
@@ -374,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         predictor = (Predictor.from_file(args.model, batch_size=args.batch_size) if args.model
-                     else load_model(args.workdir, batch_size=args.batch_size))
+                     else load_models(args.workdir, batch_size=args.batch_size))
         files, skipped = audio_files(args.files)
         if not files:
             raise DataError(f"no audio files ({', '.join(AUDIO_EXTS)}) in {', '.join(args.files)}")

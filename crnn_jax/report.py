@@ -64,6 +64,7 @@ def evaluate_scores(window_logp: np.ndarray, window_song: np.ndarray, songs: np.
         "n_songs": int(len(songs)),
         "n_windows": int(len(window_song)),
         "song_predictions": s_pred.tolist(),
+        "song_log_probs": slp.tolist(),  # [S, C] mean window log-probability: what an ensemble averages
     }
 
 

@@ -49,7 +49,7 @@ TARGET_ACCURACY = 0.9
 # Fields a resumed run may change: they decide how long and how often, not what is learned.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "checkpoint_every", "eval_every", "workdir", "cache_dir",
                      "steps_per_call", "data_placement", "device_data_gb", "test_checkpoint",
-                     "early_stop_patience"}
+                     "early_stop_patience", "ensemble"}
 
 
 def load_data(cfg: Config) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
@@ -106,7 +106,7 @@ def train(cfg: Config, *, log=print) -> dict:
 
     net = model_lib.build_model(cfg, len(ds.class_names), axis_name=steps_lib.AXIS)
     tx = steps_lib.make_optimizer(cfg, total)
-    state = steps_lib.create_state(net, tx, cfg.crop_samples, cfg.seed)
+    state = steps_lib.create_state(net, tx, cfg.crop_samples, cfg.train_seed)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f"model: {cfg.model} ({cfg.head} head), {n_params:,} parameters, time pools "
         f"{model_lib.time_pools_of(cfg)}, crop {cfg.crop_seconds} s")
@@ -148,7 +148,7 @@ def train(cfg: Config, *, log=print) -> dict:
 
     state = steps_lib.place_state(state)
     p_train = steps_lib.parallel(
-        steps_lib.make_multi_step(steps_lib.make_train_step(net, tx, head=cfg.head, seed=cfg.seed,
+        steps_lib.make_multi_step(steps_lib.make_train_step(net, tx, head=cfg.head, seed=cfg.train_seed,
                                                             augment=augment_lib.settings_of(cfg)), cfg.crop_samples),
         n_broadcast=2, state_out=True)
     evaluate = Evaluator(cfg, ds, steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head, gather=True),

@@ -94,7 +94,8 @@ def _check_existing(workdir: str, cfg: Config, resumable: set[str], log) -> None
     diff = _differ(old, cfg, resumable)
     if diff:
         k = diff[0]
-        raise ConfigError(f"workdir {workdir} holds a run with a different config ({k}: {old.get(k)!r} -> "
+        raise ConfigError(f"workdir {workdir} holds a run with a different config ({k}: "
+                          f"{old.get(k, saved_defaults().get(k))!r} -> "
                           f"{new.get(k)!r}{' and more' if len(diff) > 1 else ''}); choose another --workdir")
     if new.get("lr_schedule") == "cosine":
         was, now = (old.get("max_steps"), old.get("epochs")), (cfg.max_steps, cfg.epochs)
@@ -106,9 +107,16 @@ def _check_existing(workdir: str, cfg: Config, resumable: set[str], log) -> None
                               f"{value}, or choose another --workdir")
 
 
+def saved_defaults() -> dict:
+    """Config's defaults as config.json stores them."""
+    return json.loads(Config().to_json())
+
+
 def _differ(old: dict, cfg: Config, resumable: set[str]) -> list[str]:
-    """Fields of a saved config.json that differ from cfg, outside `resumable`, sorted."""
+    """Fields of a saved config.json that differ from cfg, outside `resumable`, sorted. A field the saved
+    file lacks (written before the field existed) counts as its default, which is what that version ran."""
     new = json.loads(cfg.to_json())
+    old = {**saved_defaults(), **old}
     return [k for k in sorted(set(old) | set(new)) if k not in resumable
             and json.dumps(old.get(k)) != json.dumps(new.get(k))]
 

@@ -187,3 +187,77 @@ def test_a_rerun_adds_to_a_folds_time_and_never_replaces_it(tmp_path):
     assert longer["wall_seconds"] == 804.0 and longer["loadavg_1_5_15"] != [9.0, 9.0, 9.0]
     cv.write_timing(path, 7.0, {"train_seconds": 6.0, "resumed_from": None, "steps": 20})  # a fresh run replaces
     assert json.load(open(path))["wall_seconds"] == 7.0
+
+
+def test_member_changes_the_training_stream_not_the_split():
+    base = cv.Config(data="x", split="kfold:5", seed=3)
+    assert base.train_seed == 3  # member 0 is the run it always was
+    seeds = {base.replace(member=m).train_seed for m in range(1, 6)} | {base.replace(member=1, seed=4).train_seed}
+    assert len(seeds) == 6 and 3 not in seeds and all(0 <= s < 2 ** 31 for s in seeds)
+    labels = np.repeat(np.arange(10), 7)
+    parts = [splits.kfold_split(labels, 5, fold=1, valid_fraction=0.1, seed=c.seed)
+             for c in (base, base.replace(member=2))]
+    assert all(parts[0][k].tolist() == parts[1][k].tolist() for k in ("train", "valid", "test"))
+    with pytest.raises(cv.ConfigError, match="ensemble must be an integer >= 1"):
+        base.replace(ensemble=0)
+
+
+def test_ensemble_averages_members_song_log_probabilities(folder, tmp_path, capsys):
+    out = str(tmp_path / "ens")
+    args = cv_args(folder, out, "--set", "ensemble=2")
+    assert cv.main(args) == 0
+    s = load(out, "summary.json")
+    assert s["ensemble"] == 2 and s["n_runs"] == K and s["complete"]
+    for r in s["runs"]:
+        m0, m1 = r["member_workdirs"]
+        assert m0 == r["workdir"] and m1 == r["workdir"] + "-m1"
+        c0, c1 = load(m0, "config.json"), load(m1, "config.json")
+        assert (c0["member"], c1["member"], c0["ensemble"], c1["ensemble"]) == (0, 1, 1, 1)
+        r0, r1 = load(m0, "results.json"), load(m1, "results.json")
+        assert r0["test_songs"] == r1["test_songs"] == load(m1, "split.json")["test"]  # one split, two networks
+        assert load(m0, "split.json") == load(m1, "split.json")
+        # Other initialisation, crops and dropout: the first training loss already differs.
+        first = [json.loads(read(os.path.join(w, "metrics.jsonl")).splitlines()[0])["train_loss"] for w in (m0, m1)]
+        assert first[0] != first[1]
+        # The oracle: argmax of the mean of the two members' stored song log-probabilities.
+        slp = (np.array(r0["test"]["song_log_probs"]) + np.array(r1["test"]["song_log_probs"])) / 2
+        classes = r0["class_names"]
+        labels = [classes.index(os.path.basename(os.path.dirname(p))) for p in r0["test_songs"]]
+        assert r["accuracy"] == pytest.approx(np.mean(slp.argmax(-1) == np.array(labels)))
+        assert np.array(r["confusion"]).sum() == len(labels)
+        assert r["member_accuracies"] == [r0["test_accuracy"], r1["test_accuracy"]]
+        t = [load(w, "cv_timing.json")["wall_seconds"] for w in (m0, m1)]
+        assert r["timing"]["wall_seconds"] == pytest.approx(sum(t), abs=0.11)
+    assert s["members"]["mean"] == pytest.approx(statistics.mean(statistics.mean(r["member_accuracies"])
+                                                                 for r in s["runs"]))
+    assert "ensemble of 2" in read(os.path.join(out, "summary.md"))
+
+    # A member written before results.json held song log-probabilities is scored again from its checkpoint:
+    # the same numbers.
+    for r in s["runs"]:
+        path = os.path.join(r["member_workdirs"][1], "results.json")
+        res = load(path)
+        stored = np.array(res["test"].pop("song_log_probs"))
+        with open(path, "w") as f:
+            json.dump(res, f)
+        from crnn_jax import config as config_lib
+        rc = config_lib.Config.from_dict(load(r["member_workdirs"][1], "config.json"))
+        ds, split = cv.train_lib.load_data(rc)
+        np.testing.assert_allclose(cv.member_song_log_probs(rc, res, ds, split["test"]), stored, rtol=1e-5, atol=1e-5)
+    # A run saved before `member` and `ensemble` existed (member 0 here, without them) counts as their
+    # defaults, which are the old behaviour: recognised as finished, and it would resume.
+    wd = s["runs"][0]["workdir"]
+    old = load(wd, "config.json")
+    del old["member"], old["ensemble"]
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump(old, f)
+    rc = cv.run_config(cv.base_config(cv.parse_args(args)), out, K, 0, 0)
+    assert cv.finished(rc) is not None
+    cv.train_lib.check_workdir_config(wd, rc)  # no "different config" refusal
+    with pytest.raises(cv.ConfigError, match=r"different config \(member: 0 -> 1\)"):
+        cv.train_lib.check_workdir_config(wd, rc.replace(member=1))
+    capsys.readouterr()
+    assert cv.main(args) == 0  # nothing retrained; the re-scored members give the same ensemble
+    assert capsys.readouterr().out.count("done before") == 2 * K
+    assert [r["accuracy"] for r in load(out, "summary.json")["runs"]] == [r["accuracy"] for r in s["runs"]]
+

@@ -367,3 +367,28 @@ def test_memory_follows_one_song_not_the_library(predictor, tmp_path, monkeypatc
         tracemalloc.stop()
     assert peaks["one"] > song_bytes  # the measurement sees the song itself
     assert peaks["six"] < peaks["one"] + song_bytes, peaks  # six songs held at once would add five
+
+
+def test_several_workdirs_are_one_ensemble_of_their_mean_log_probability(run_dir, songs, tmp_path, capsys):
+    other = str(tmp_path / "other")  # another model: the same run's newest checkpoint instead of its best
+    shutil.copytree(run_dir, other)
+    shutil.rmtree(os.path.join(other, "best"))
+    a, b = predict_lib.load_model(run_dir), predict_lib.load_model(other)
+    audio = predict_lib.read_song(songs[1], a.sample_rate)
+    ra, rb = a.predict(audio), b.predict(audio)
+    assert not np.allclose(ra["log_probs"], rb["log_probs"])  # two different models
+    ens = predict_lib.load_models([run_dir, other])
+    re = ens.predict(audio, top=3)
+    np.testing.assert_allclose(re["log_probs"], (ra["log_probs"] + rb["log_probs"]) / 2, rtol=1e-6, atol=1e-6)
+    want = np.exp(re["log_probs"] - np.logaddexp.reduce(re["log_probs"]))
+    np.testing.assert_allclose([re["probabilities"][c] for c in ens.class_names], want, rtol=1e-6)
+    assert re["windows"] == ra["windows"]
+    # The CLI: --workdir twice, the same numbers as the library call.
+    assert predict_lib.main(["--workdir", run_dir, "--workdir", other, "--json", songs[1]]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc[0]["probabilities"] == pytest.approx(re["probabilities"], rel=1e-6)
+    # Members that cannot be averaged: one line.
+    edit_json(os.path.join(other, "config.json"), eval_hop_seconds=0.25)
+    assert predict_lib.main(["--workdir", run_dir, "--workdir", other, songs[1]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must agree in their evaluation hop" in err[0]
