@@ -4,6 +4,7 @@
         --out runs/cv-crnn
     ... --model cnn --out runs/cv-cnn                 # any crnn_jax.train flag is passed on to every fold
     ... --set spec_freq_masks=2 --set mixup_alpha=0.2 # any Config field, by name
+    ... --set ensemble=2                              # two networks a fold, scored as one (below)
     (the same command again resumes: finished folds are skipped, an interrupted one resumes from its checkpoint)
 
 Every (seed, fold) is one crnn_jax.train run in its own workdir OUT/seed<s>-fold<i>, with --split kfold:K
@@ -12,6 +13,11 @@ so every seed is another partition: repeated k-fold), fold i is the test part, a
 (valid_fraction of each genre) come from the other K-1 folds, never from the test fold. Then the MFCC+SVM
 baseline (crnn_jax/baseline.py) is fitted on the same training songs, C chosen on the same validation songs,
 and scored on the same test songs (OUT/seed<s>-fold<i>/baseline_mfcc_svm.json).
+
+With ensemble=M (a Config field, so a preset can hold it) every fold trains M networks on the same
+split, member m in OUT/seed<s>-fold<i>-m<m> (member 0 in OUT/seed<s>-fold<i>, as without an ensemble),
+each with its own initialisation, crops, dropout and augmentation (Config.train_seed); a test song's
+score is the members' mean song log-probability, and the summary gives the members' own accuracy beside.
 
 OUT/summary.json and OUT/summary.md: song-level test accuracy per seed and fold for the network and the
 baseline; mean over all runs ± the spread between folds (sample std over a seed's folds, pooled over
@@ -173,9 +179,9 @@ def member_song_log_probs(rc: Config, res: dict, ds: data_lib.Dataset, test: np.
     written before results.json held them) by scoring its tested checkpoint again, as its test pass did."""
     if "song_log_probs" in res["test"]:
         return np.asarray(res["test"]["song_log_probs"], np.float64)
-    from crnn_jax import evaluate, predict  # only for runs of older versions
+    from crnn_jax import evaluate, restore  # only for runs of older versions
 
-    state = predict.load_model(rc.workdir).state
+    _, _, state = restore.workdir_state(rc.workdir)
     return np.asarray(evaluate.score(rc, state, ds, test)["song_log_probs"], np.float64)
 
 

@@ -124,10 +124,10 @@ def read_model(path: str) -> tuple[Config, tuple[str, ...], steps_lib.TrainState
     net = model_lib.build_model(cfg, len(classes))
     want = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), np.zeros((1, cfg.crop_samples), np.float32),
                                            train=False))
-    from crnn_jax.predict import _flat_shapes, _mismatch  # the checkpoint's shape check, shared
+    from crnn_jax.restore import flat_shapes, mismatch as shapes_differ  # the checkpoint's shape check, shared
 
     got = {"params": params, "batch_stats": batch_stats}
-    mismatch = _mismatch(_flat_shapes({k: want[k] for k in got}), _flat_shapes(got))
+    mismatch = shapes_differ(flat_shapes({k: want[k] for k in got}), flat_shapes(got))
     if mismatch:
         raise ModelFileError(f"--model {path} does not match the model its config describes: "
                              f"{mismatch.replace('the checkpoint', 'the file')}")
