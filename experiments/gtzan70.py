@@ -12,7 +12,9 @@ What it measured (experiments/README.md, "70 real GTZAN clips", has every row, i
 song accuracy over 5 folds of 14 test songs, mean +- std over folds, seeds 0 and 1: CRNN 0.814 +- 0.080
 (seed 0, on which it was tuned, 0.800; seed 1 0.829) and MFCC+SVM on the same folds (same 56 training
 songs) 0.750 +- 0.086, paired difference +0.064 +- 0.114: **the CRNN leads MFCC+SVM, but by less than the
-spread between folds**. The CNN with this recipe: 0.800 +- 0.060 (seed 0). Adjacent GTZAN clips share artists and albums and these folds do not keep
+spread between folds**. On an Intel Xeon instead of the AMD EPYC the same command gave 0.793 +- 0.113
+(XLA's CPU code differs by processor: another run), and an ensemble of two networks a fold
+(`--set ensemble=2`, rows 19-21) 0.800 +- 0.094 against its members' 0.796: not on here. The CNN with this recipe: 0.800 +- 0.060 (seed 0). Adjacent GTZAN clips share artists and albums and these folds do not keep
 them apart: this is "a new song of a known artist", not artist-filtered genre recognition.
 
 Choices (each measured, experiments/README.md): CPU width 32/64/64/64; 3 s crops, evaluation every 1.5 s;
