@@ -85,7 +85,7 @@ class Config:
     label_smoothing: float = 0.0  # targets (1 - s) one-hot + s / n_classes (sigmoid head: + s / 2) (0 = off)
     eq_db: float = 0.0  # random EQ: a smooth per-mel-band gain curve within +-eq_db dB (0 = off)
     # --- bookkeeping ---------------------------------------------------------------------------------
-    workdir: str = ""  # "" = runs/<model>-<data>-seed<seed>
+    workdir: str = ""  # "" = runs/<model>-<data>-seed<seed> (+ -m<member> for member > 0)
     log_every: int = 20  # steps between train-metric lines
     eval_every: int = 0  # steps between validation passes; 0 = once per epoch
     checkpoint_every: int = 200  # steps between checkpoints (and always at the end)
@@ -224,7 +224,7 @@ class Config:
             return self.workdir
         data = "synthetic" if self.data == "synthetic" else os.path.basename(os.path.normpath(self.data)) or "data"
         data = data.replace(":", "-")
-        return os.path.join("runs", f"{self.model}-{data}-seed{self.seed}")
+        return os.path.join("runs", f"{self.model}-{data}-seed{self.seed}" + (f"-m{self.member}" if self.member else ""))
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

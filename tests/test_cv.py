@@ -198,6 +198,8 @@ def test_member_changes_the_training_stream_not_the_split():
     parts = [splits.kfold_split(labels, 5, fold=1, valid_fraction=0.1, seed=c.seed)
              for c in (base, base.replace(member=2))]
     assert all(parts[0][k].tolist() == parts[1][k].tolist() for k in ("train", "valid", "test"))
+    assert base.replace(data="synthetic").resolved_workdir() == os.path.join("runs", "crnn-synthetic-seed3")
+    assert base.replace(data="synthetic", member=2).resolved_workdir() == os.path.join("runs", "crnn-synthetic-seed3-m2")
     with pytest.raises(cv.ConfigError, match="ensemble must be an integer >= 1"):
         base.replace(ensemble=0)
 
