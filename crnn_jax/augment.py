@@ -30,6 +30,15 @@ The augmentations (Config fields; all off by default, presets turn them on):
   equally spaced on the mel axis, each uniform in +-eq_db, added to the log-mel (dB) before the BatchNorm.
   Adding dB per band is multiplying each band's power by a gain: a random smooth filter (shelves, tilts,
   broad peaks and notches) at the cost of [batch, n_mels] additions, instead of filtering the waveform.
+- speed change by resampling, `speed_change` d: each crop is played at a rate r, log-uniform in
+  [1/(1+d), 1+d], i.e. resampled by linear interpolation, y[n] = x(n r) for n < crop: pitch and tempo move
+  together by the factor r (a record played faster or slower; "speed perturbation", Ko et al. 2015), the
+  one pitch/time change a resampler makes exactly, with no phase-vocoder artefacts. The step reads
+  cfg.read_samples = ceil(crop (1 + d)) + 1 samples per crop so that r = 1 + d stays inside the song.
+  Linear interpolation is a low-pass that depends on where a sample falls (none on whole samples; halfway
+  between two, -3 dB at a quarter of the sample rate and full cancellation at Nyquist); at
+  r > 1 content above sample_rate / (2 r) folds back (at d = 0.1, 22,050 Hz: 10.0-11.0 kHz into the top
+  mel bands), where music carries little energy. It runs first, so mixup mixes two resampled crops.
 Random gain (`gain_db`) is drawn by data.sample_batch, as before.
 """
 
@@ -41,14 +50,15 @@ import jax
 import jax.numpy as jnp
 
 STREAM = 1_000_003  # folded into PRNGKey(seed): the augmentation key stream, distinct from dropout's
-TIME, FREQ, MIX, EQ = 0, 1, 2, 3  # one sub-stream per augmentation
+TIME, FREQ, MIX, EQ, SPEED = 0, 1, 2, 3, 4  # one sub-stream per augmentation
 EQ_KNOTS = 5  # control points of the random EQ curve over the mel axis
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What to apply; built from a config.Config by `settings_of`. Counts/widths: ints >= 0; alpha, s,
-    eq_db: floats >= 0. `active` is False when everything is off."""
+    eq_db, speed_change: floats >= 0; crop_samples: the crop the network sees (samples), which a speed
+    change resamples its longer read down to. `active` is False when everything is off."""
 
     time_masks: int = 0
     time_mask_frames: int = 0
@@ -57,6 +67,8 @@ class Settings:
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
     eq_db: float = 0.0
+    speed_change: float = 0.0
+    crop_samples: int = 0
 
     @property
     def spec_masks(self) -> bool:
@@ -68,14 +80,15 @@ class Settings:
 
     @property
     def active(self) -> bool:
-        return self.spec_masks or self.soft_targets or self.eq_db > 0
+        return self.spec_masks or self.soft_targets or self.eq_db > 0 or self.speed_change > 0
 
 
 def settings_of(cfg) -> Settings:
     """The augmentation fields of a config.Config."""
     return Settings(time_masks=cfg.spec_time_masks, time_mask_frames=cfg.spec_time_mask_frames,
                     freq_masks=cfg.spec_freq_masks, freq_mask_bins=cfg.spec_freq_mask_bins,
-                    mixup_alpha=cfg.mixup_alpha, label_smoothing=cfg.label_smoothing, eq_db=cfg.eq_db)
+                    mixup_alpha=cfg.mixup_alpha, label_smoothing=cfg.label_smoothing, eq_db=cfg.eq_db,
+                    speed_change=cfg.speed_change, crop_samples=cfg.crop_samples)
 
 
 def example_keys(seed: int, step: jax.Array, first: jax.Array, n: int) -> jax.Array:
@@ -124,6 +137,24 @@ def eq_curve(keys: jax.Array, n_mels: int, eq_db: float) -> jax.Array:
     return jax.vmap(one)(_sub(keys, EQ))
 
 
+def speed_rates(keys: jax.Array, speed_change: float) -> jax.Array:
+    """Playback rates: keys [batch] -> [batch] float32, log-uniform in [1/(1+d), 1+d] (all 1 when d is 0)."""
+    span = jnp.log1p(jnp.float32(speed_change))
+    return jax.vmap(lambda k: jnp.exp(jax.random.uniform(k, (), minval=-span, maxval=span)))(_sub(keys, SPEED))
+
+
+def resample(audio: jax.Array, rates: jax.Array, n_out: int) -> jax.Array:
+    """Each row played at its rate by linear interpolation: audio [batch, read], rates [batch] ->
+    [batch, n_out], out[i, n] = audio[i] at position n * rates[i]. Needs read >= (n_out - 1) max(rates) + 2
+    (config.Config.read_samples); positions past the last sample would read the last one."""
+    pos = jnp.arange(n_out, dtype=jnp.float32)[None, :] * rates[:, None]  # [batch, n_out]
+    i0 = jnp.minimum(jnp.floor(pos).astype(jnp.int32), audio.shape[-1] - 2)
+    frac = (pos - i0).astype(audio.dtype)
+    x0 = jnp.take_along_axis(audio, i0, axis=-1)
+    x1 = jnp.take_along_axis(audio, i0 + 1, axis=-1)
+    return x0 + frac * (x1 - x0)
+
+
 def partners(n: int) -> jax.Array:
     """Mixup partner of each of n examples: neighbours swapped (0<->1, 2<->3, ...); an odd last one is its
     own partner (it stays unmixed). -> int32 [n]."""
@@ -154,11 +185,13 @@ def soft_targets(labels: jax.Array, n_classes: int, head: str, smoothing: float,
 
 def apply(s: Settings, keys: jax.Array, audio: jax.Array, labels: jax.Array, *, n_classes: int, head: str,
           n_frames: int, n_mels: int) -> tuple[jax.Array, jax.Array | None, dict]:
-    """Everything `s` turns on, for one device's shard: keys [b] (example_keys), audio [b, samples],
-    labels [b] -> (audio [b, samples], targets [b, n_classes] or None when the integer labels are the
+    """Everything `s` turns on, for one device's shard: keys [b] (example_keys), audio [b, samples] (with a
+    speed change: [b, read] -> [b, s.crop_samples]), labels [b] -> (audio [b, samples], targets [b, n_classes] or None when the integer labels are the
     targets, model keyword arguments: "spec_mask" bool [b, n_frames, n_mels], "band_db" [b, n_mels])."""
     targets, extra = None, {}
     partner = lam = None
+    if s.speed_change > 0:
+        audio = resample(audio, speed_rates(keys, s.speed_change), s.crop_samples)
     if s.mixup_alpha > 0:
         audio, partner, lam = mixup(keys, audio, s.mixup_alpha)
     if s.soft_targets:

@@ -84,6 +84,7 @@ class Config:
     mixup_alpha: float = 0.0  # waveform mixup with lambda ~ Beta(alpha, alpha) and soft targets (0 = off)
     label_smoothing: float = 0.0  # targets (1 - s) one-hot + s / n_classes (sigmoid head: + s / 2) (0 = off)
     eq_db: float = 0.0  # random EQ: a smooth per-mel-band gain curve within +-eq_db dB (0 = off)
+    speed_change: float = 0.0  # pitch + tempo by resampling: playback rate in [1/(1+d), 1+d], log-uniform (0 = off)
     # --- bookkeeping ---------------------------------------------------------------------------------
     workdir: str = ""  # "" = runs/<model>-<data>-seed<seed> (+ -m<member> for member > 0)
     log_every: int = 20  # steps between train-metric lines
@@ -144,6 +145,8 @@ class Config:
              f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
         need(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         need(math.isfinite(self.eq_db) and 0.0 <= self.eq_db <= 40.0, f"eq_db must be in [0, 40] dB, got {self.eq_db}")
+        need(math.isfinite(self.speed_change) and 0.0 <= self.speed_change <= 0.5,
+             f"speed_change must be in [0, 0.5] (0.1 = up to 10% faster or slower), got {self.speed_change}")
         need(self.test_checkpoint in TEST_CHECKPOINTS,
              f"test_checkpoint must be one of {TEST_CHECKPOINTS}, got {self.test_checkpoint!r}")
         need(self.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
@@ -197,6 +200,15 @@ class Config:
     def crop_samples(self) -> int:
         """Training/eval window length in samples."""
         return int(round(self.crop_seconds * self.sample_rate))
+
+    @property
+    def read_samples(self) -> int:
+        """Samples read for one training crop: the crop itself, or with speed_change the longest stretch
+        that a crop played at rate 1 + speed_change consumes (augment.resample), plus the interpolation's
+        right neighbour."""
+        if not self.speed_change:
+            return self.crop_samples
+        return math.ceil(self.crop_samples * (1.0 + self.speed_change)) + 1
 
     @property
     def eval_hop_samples(self) -> int:

@@ -52,7 +52,7 @@ class _Feed:
         c = self.cfg
         return [data_lib.Batch(*(x[self.rows] for x in data_lib.sample_batch(
                     c.train_seed, s, train_songs=self.train_songs, lengths=self.ds.lengths, batch_size=c.batch_size,
-                    crop=c.crop_samples, gain_db=c.gain_db)))
+                    crop=c.read_samples, gain_db=c.gain_db)))
                 for s in range(step, step + k)]
 
     def _device_major(self, x: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ class ResidentFeed(_Feed):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.audio = steps_lib.place_state(device_audio(self.ds, self.cfg.crop_samples))  # on each device
+        self.audio = steps_lib.place_state(device_audio(self.ds, self.cfg.read_samples))  # on each device
 
     def calls(self, chunks):
         for step, k in chunks:
@@ -95,8 +95,8 @@ class StreamFeed(_Feed):
     def _make(self, step: int, k: int) -> dict:
         bs = self._indices(step, k)
         batch = self._common(bs)
-        crops = np.stack([self.ds.crops(b.songs, b.offsets, self.cfg.crop_samples)
-                          for b in bs])  # [k, local_rows, crop] int16: only this process's crops
+        crops = np.stack([self.ds.crops(b.songs, b.offsets, self.cfg.read_samples)
+                          for b in bs])  # [k, local_rows, read] int16: only this process's crops
         batch["crops"] = self._device_major(crops)
         return batch
 
@@ -132,7 +132,7 @@ def make_feed(ds: data_lib.Dataset, cfg, train_songs: np.ndarray, n_devices: int
     """The feed cfg.data_placement asks for; "auto" keeps the data on the devices when it fits
     cfg.device_data_gb (per device), else streams. n_devices, local: as for _Feed."""
     gb = ds.audio.nbytes / 2**30  # the songs end to end: the real byte count, no padding
-    fits = len(ds.audio) + 2 * cfg.crop_samples <= MAX_DEVICE_SAMPLES
+    fits = len(ds.audio) + 2 * cfg.read_samples <= MAX_DEVICE_SAMPLES
     resident = cfg.data_placement == "device" or (cfg.data_placement == "auto" and gb <= cfg.device_data_gb
                                                   and fits)
     log(f"data placement: {'on every device' if resident else 'streamed from host memory'} "

@@ -82,7 +82,8 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation, *, head: s
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure train_step(state, batch) -> (state, metrics) for use under `parallel` (axis AXIS).
 
-    batch (this device's shard): "crops" int16 [b, crop], "gains" float32 [b], "labels" int32 [b].
+    batch (this device's shard): "crops" int16 [b, crop] ([b, read] with a speed change), "gains" float32 [b],
+    "labels" int32 [b].
     metrics: "loss", "accuracy" (against the unmixed labels) averaged over the global batch.
     augment: what augment.py applies (None or nothing active: the plain step, unchanged).
     """
@@ -96,9 +97,10 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation, *, head: s
         if aug is not None:  # keys of (seed, step, index in the global batch): their own stream
             b = audio.shape[0]
             keys = augment_lib.example_keys(seed, state.step, jax.lax.axis_index(AXIS) * b, b)
+            crop = aug.crop_samples if aug.speed_change > 0 else audio.shape[-1]  # a speed change reads more
             audio, targets, extra = augment_lib.apply(
                 aug, keys, audio, batch["labels"], n_classes=net.n_classes, head=head,
-                n_frames=net.mel_config.n_frames(audio.shape[-1]), n_mels=net.mel_config.n_mels)
+                n_frames=net.mel_config.n_frames(crop), n_mels=net.mel_config.n_mels)
 
         def loss_of(params):
             logits, updated = net.apply({"params": params, "batch_stats": state.batch_stats}, audio, train=True,

@@ -149,7 +149,7 @@ def train(cfg: Config, *, log=print) -> dict:
     state = steps_lib.place_state(state)
     p_train = steps_lib.parallel(
         steps_lib.make_multi_step(steps_lib.make_train_step(net, tx, head=cfg.head, seed=cfg.train_seed,
-                                                            augment=augment_lib.settings_of(cfg)), cfg.crop_samples),
+                                                            augment=augment_lib.settings_of(cfg)), cfg.read_samples),
         n_broadcast=2, state_out=True)
     evaluate = Evaluator(cfg, ds, steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head, gather=True),
                                                      state_out=False), n_dev, local)

@@ -1,6 +1,7 @@
 """Augmentations (augment.py): shapes, exact identity when off, a function of (seed, step, example) only,
 different across devices' shards, and the train step they run in (one device or two give the same losses)."""
 
+import dataclasses
 import os
 
 import jax
@@ -24,6 +25,8 @@ _keys = jax.jit(A.example_keys, static_argnums=(0, 3))
 spec_mask = jax.jit(A.spec_mask, static_argnums=(1, 2, 3))
 eq_curve = jax.jit(A.eq_curve, static_argnums=(1, 2))
 mixup = jax.jit(A.mixup, static_argnums=(2,))
+speed_rates = jax.jit(A.speed_rates, static_argnums=(1,))
+resample = jax.jit(A.resample, static_argnums=(2,))
 
 
 def keys(step, first=0, n=8, seed=0):
@@ -67,6 +70,27 @@ def test_mixup_and_targets():
     for head in ("softmax", "sigmoid"):
         np.testing.assert_allclose(M.soft_loss_fn(logits, jax.nn.one_hot(labels, 10), head),
                                    M.loss_fn(logits, labels, head), rtol=1e-5)
+
+
+def test_speed_change_plays_each_crop_at_its_rate():
+    rates = np.asarray(speed_rates(keys(3, n=64), 0.1))
+    assert rates.shape == (64,) and (rates >= 1 / 1.1 - 1e-6).all() and (rates <= 1.1 + 1e-6).all()
+    assert (rates < 0.97).any() and (rates > 1.03).any()  # both ways: log-uniform around 1
+    assert not np.array_equal(rates, np.asarray(speed_rates(keys(4, n=64), 0.1)))  # the next step draws anew
+    np.testing.assert_array_equal(rates, np.asarray(speed_rates(keys(3, n=64), 0.1)))
+    # A 440 Hz sine read at rate r is a sine at 440 r Hz: the spectral peak moves by the factor r.
+    sr, n_out = 8000, 8000
+    cfg = config_lib.Config(sample_rate=sr, f_max=4000.0, crop_seconds=1.0, speed_change=0.1)
+    t = np.arange(cfg.read_samples) / sr
+    audio = jnp.asarray(np.sin(2 * np.pi * 440.0 * t)[None].repeat(3, 0), jnp.float32)  # [3, read]
+    r = jnp.array([1 / 1.1, 1.0, 1.1], jnp.float32)
+    out = np.asarray(resample(audio, r, n_out))
+    assert out.shape == (3, n_out)
+    np.testing.assert_array_equal(out[1], np.asarray(audio[1, :n_out]))  # rate 1: the crop itself, exactly
+    spec = np.abs(np.fft.rfft(out * np.hanning(n_out), axis=1))  # 1 Hz bins
+    np.testing.assert_allclose(spec.argmax(1), 440.0 * np.asarray(r), atol=1.0)
+    # Interpolation, not a nearest sample: at rate 1.1 the values lie on the sine at n * 1.1 / sr.
+    np.testing.assert_allclose(out[2], np.sin(2 * np.pi * 440.0 * np.arange(n_out) * np.float32(1.1) / sr), atol=0.02)
 
 
 def test_a_function_of_seed_step_and_example_only():
@@ -127,16 +151,19 @@ def tiny():
     tx = S.make_optimizer(cfg, 10)
     state = S.create_state(net, tx, cfg.crop_samples, cfg.seed)
     rng = np.random.default_rng(0)
-    batch = {"crops": rng.integers(-8000, 8000, (8, cfg.crop_samples)).astype(np.int16),
+    read = cfg.replace(speed_change=0.1).read_samples  # a speed change reads longer crops
+    batch = {"crops": rng.integers(-8000, 8000, (8, read)).astype(np.int16),
              "gains": np.ones(8, np.float32), "labels": np.arange(8, dtype=np.int32)}
     done = {}
 
     def run(n_devices, aug):
         if (n_devices, aug) not in done:
-            done[n_devices, aug] = _step_on(n_devices, aug, cfg, net, tx, state, batch)
+            b = batch if aug is not None and aug.speed_change else dict(batch, crops=batch["crops"][:, :cfg.crop_samples])
+            done[n_devices, aug] = _step_on(n_devices, aug, cfg, net, tx, state, b)
         return done[n_devices, aug]
 
     run.cfg = cfg
+    run.on = dataclasses.replace(ON, speed_change=0.1, crop_samples=cfg.crop_samples)  # every augmentation
     return run
 
 
@@ -146,34 +173,38 @@ def test_train_step_off_is_the_plain_step_and_on_acts(tiny):
     assert off == plain
     jax.tree.map(np.testing.assert_array_equal, off_state, plain_state)
     assert tiny(1, ON)[1] != plain
+    assert tiny(1, tiny.on)[1] not in (plain, tiny(1, ON)[1])  # the speed change acts in the step too
 
 
 def test_each_augmentation_acts_alone():
     audio = jax.random.normal(jax.random.PRNGKey(1), (8, 400))
     labels = jnp.arange(8)
     for field in ({"time_masks": 2, "time_mask_frames": 5}, {"freq_masks": 2, "freq_mask_bins": 10},
-                  {"mixup_alpha": 0.4}, {"label_smoothing": 0.1}, {"eq_db": 6.0}):
+                  {"mixup_alpha": 0.4}, {"label_smoothing": 0.1}, {"eq_db": 6.0},
+                  {"speed_change": 0.1, "crop_samples": 360}):
         s = A.Settings(**field)
         out, targets, extra = A.apply(s, keys(2), audio, labels, n_classes=10, head="softmax", n_frames=9, n_mels=32)
+        assert out.shape == (8, s.crop_samples or 400)
         changed = [name for name, on in (("audio", out is not audio), ("targets", targets is not None),
                                          ("spec_mask", "spec_mask" in extra), ("band_db", "band_db" in extra)) if on]
         want = {"time_masks": ["spec_mask"], "freq_masks": ["spec_mask"], "mixup_alpha": ["audio", "targets"],
-                "label_smoothing": ["targets"], "eq_db": ["band_db"]}[next(iter(field))]
+                "label_smoothing": ["targets"], "eq_db": ["band_db"], "speed_change": ["audio"]}[next(iter(field))]
         assert changed == want, field
         if "spec_mask" in extra:
             assert extra["spec_mask"].shape == (8, 9, 32) and np.asarray(extra["spec_mask"]).any()
 
 
 def test_one_or_two_devices_draw_the_same_augmentations(tiny):
-    s1, l1 = tiny(1, ON)
-    s2, l2 = tiny(2, ON)
+    s1, l1 = tiny(1, tiny.on)
+    s2, l2 = tiny(2, tiny.on)
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s2.params, s1.params)
 
 
 @pytest.mark.parametrize("field,value", [("spec_time_masks", -1), ("spec_freq_mask_bins", 97), ("mixup_alpha", -0.1),
                                          ("label_smoothing", 1.0), ("eq_db", float("nan")), ("weight_decay", -1e-4),
-                                         ("warmup_steps", -1), ("test_checkpoint", "first"),
+                                         ("warmup_steps", -1), ("test_checkpoint", "first"), ("speed_change", 0.6),
+                                         ("speed_change", -0.1),
                                          ("early_stop_patience", -2)])
 def test_bad_values_are_one_line_config_errors(field, value):
     with pytest.raises(config_lib.ConfigError, match=field):

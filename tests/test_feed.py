@@ -31,13 +31,17 @@ def test_plan_covers_every_step_once_and_never_crosses_a_boundary(start, length,
             assert not any((s + 1) % b == 0 for s in range(first, first + n - 1))
 
 
-def test_resident_and_streamed_feeds_give_the_same_crops():
+@pytest.mark.parametrize("speed_change,read", [(0.0, 300), (0.1, 331)])
+def test_resident_and_streamed_feeds_give_the_same_crops(speed_change, read):
+    """Both feeds cut the same crops; with a speed change they read ceil(crop (1 + d)) + 1 samples a crop."""
     rng = np.random.default_rng(0)
     lengths = np.array([900, 1000, 700, 1000])
     audio = rng.integers(-30000, 30000, (4, 1000)).astype(np.int16)
     ds = data_lib.Dataset(audio=audio, lengths=lengths, labels=np.array([0, 1, 0, 1], np.int32),
                           names=("a", "b", "c", "d"), class_names=("x", "y"), sample_rate=1000)
-    cfg = config_lib.Config(sample_rate=1000, f_max=500.0, crop_seconds=0.3, batch_size=4, seed=3)
+    cfg = config_lib.Config(sample_rate=1000, f_max=500.0, crop_seconds=0.3, batch_size=4, seed=3,
+                            speed_change=speed_change)
+    assert cfg.crop_samples == 300 and cfg.read_samples == read
     songs = np.arange(4)
     resident = feed_lib.ResidentFeed(ds, cfg, songs, 1)
     stream = feed_lib.StreamFeed(ds, cfg, songs, 1)
@@ -48,9 +52,10 @@ def test_resident_and_streamed_feeds_give_the_same_crops():
         np.testing.assert_array_equal(b1["gains"], b2["gains"])
         flat = lambda x: x.reshape(-1)
         crops = jax.jit(steps_lib.gather_on_device, static_argnums=3)(
-            resident.audio, flat(b1["songs"]), flat(b1["offsets"]), cfg.crop_samples)
-        np.testing.assert_array_equal(np.asarray(crops), b2["crops"].reshape(-1, cfg.crop_samples))
-        assert b2["crops"].shape == (1, k2, 4, 300)
+            resident.audio, flat(b1["songs"]), flat(b1["offsets"]), read)
+        np.testing.assert_array_equal(np.asarray(crops), b2["crops"].reshape(-1, read))
+        assert b2["crops"].shape == (1, k2, 4, read)
+        assert (flat(b1["offsets"]) + read <= lengths[flat(b1["songs"])]).all()  # every read inside its song
 
 
 def _metrics(wd):

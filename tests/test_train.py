@@ -52,7 +52,8 @@ def test_one_and_two_devices_give_the_same_losses(tmp_path):
 # Every augmentation and regulariser on (and warm-up), for the resume test: a preset written by the test.
 AUGMENTED = """from crnn_jax.config import load_preset
 config = load_preset({smoke!r}).replace(spec_time_masks=2, spec_time_mask_frames=5, spec_freq_masks=2,
-    spec_freq_mask_bins=10, mixup_alpha=0.4, label_smoothing=0.1, eq_db=6.0, weight_decay=1e-3, warmup_steps=5)
+    spec_freq_mask_bins=10, mixup_alpha=0.4, label_smoothing=0.1, eq_db=6.0, speed_change=0.1,
+    weight_decay=1e-3, warmup_steps=5)
 """
 
 
