@@ -21,8 +21,8 @@ score is the members' mean song log-probability, and the summary gives the membe
 
 OUT/summary.json and OUT/summary.md: song-level test accuracy per seed and fold for the network and the
 baseline; mean over all runs ± the spread between folds (sample std over a seed's folds, pooled over
-seeds) and between seeds (sample std of the per-seed means); the paired difference network - baseline;
-the pooled confusion matrix over all test songs of all runs and per-genre recall from it
+seeds) and between seeds (sample std of the per-seed means); the paired difference network - baseline,
+by fold and, per seed, by song (an exact McNemar test over the songs only one of the two got right); the pooled confusion matrix over all test songs of all runs and per-genre recall from it
 (OUT/summary-confusion.png, OUT/summary-confusion-baseline.png); wall time per fold with the load average
 at its end. Folds keep songs apart, not artists: on GTZAN-like data a fold measures "a new song of a
 possibly known artist".
@@ -191,7 +191,7 @@ def ensemble_scores(members: list[tuple[Config, dict]], ds: data_lib.Dataset, te
     accuracies beside them, so the summary shows what averaging added."""
     slp = np.mean([member_song_log_probs(rc, res, ds, test) for rc, res in members], axis=0)
     labels, pred = ds.labels[test], slp.argmax(-1)
-    return {"accuracy": float((pred == labels).mean()),
+    return {"accuracy": float((pred == labels).mean()), "correct": [bool(x) for x in pred == labels],
             "confusion": report.confusion(labels, pred, len(ds.class_names)).tolist(),
             "member_accuracies": [res["test_accuracy"] for _, res in members],
             "member_workdirs": [rc.workdir for rc, _ in members]}
@@ -222,6 +222,8 @@ def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: b
                    "n_test": res["n_test"], "confusion": res["test"]["confusion"],
                    "n_train": len(split["train"]), "n_valid": len(split["valid"]),
                    "timing": fold_timing([_load(os.path.join(m.workdir, "cv_timing.json")) for m, _ in members])}
+            labels = ds.labels[split["test"]]
+            row["correct"] = [bool(x) for x in np.asarray(res["test"]["song_predictions"]) == labels]
             if cfg.ensemble > 1:
                 row.update(ensemble_scores(members, ds, split["test"]))
             for key in ("tested_checkpoint", "tested_step", "stopped_early_at"):  # which state was tested
@@ -239,7 +241,8 @@ def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: b
                     with open(path, "w") as f:
                         json.dump(b, f, indent=1)
                 row["baseline"] = {"accuracy": b["test_accuracy"], "accuracy_songs": b["test_accuracy_songs"],
-                                   "confusion": b["confusion_windows"], "C": b["C_windows"]}
+                                   "confusion": b["confusion_windows"], "C": b["C_windows"],
+                                   "correct": [bool(x) for x in np.asarray(b["test_predictions"]) == labels]}
                 log(f"{tag} {cfg.model.upper()}{f' ensemble of {cfg.ensemble}' if cfg.ensemble > 1 else ''} "
                     f"{row['accuracy']:.4f}, MFCC+SVM {b['test_accuracy']:.4f} "
                     f"({row['n_test']} test songs)")
@@ -272,6 +275,24 @@ def pooled(runs: list[dict], conf_key, class_names) -> dict:
             "recall": {n: v["recall"] for n, v in report.per_class(conf, class_names).items()}}
 
 
+def mcnemar(runs: list[dict]) -> dict:
+    """Exact McNemar test of network against baseline on the same test songs, per seed: over a seed's K
+    folds every song is tested once, by both, so the songs are the paired samples (folds of 14 songs make
+    a fold's accuracy too coarse to pair on). n_net_only: songs only the network got right; n_base_only:
+    only the baseline; p: two-sided exact binomial p-value of the larger count given their sum (1.0 when
+    they are equal or both 0). A song of two seeds is two pairs of one song, not independent: no pooled p."""
+    from scipy import stats
+
+    out = {}
+    for seed in sorted({r["seed"] for r in runs}):
+        net = np.concatenate([r["correct"] for r in runs if r["seed"] == seed]).astype(bool)
+        base = np.concatenate([r["baseline"]["correct"] for r in runs if r["seed"] == seed]).astype(bool)
+        a, b = int((net & ~base).sum()), int((~net & base).sum())
+        p = float(stats.binomtest(max(a, b), a + b, 0.5).pvalue) if a + b else 1.0
+        out[str(seed)] = {"n_songs": int(net.size), "n_net_only": a, "n_base_only": b, "p": min(1.0, p)}
+    return out
+
+
 def summarise(cfg: Config, k: int, seeds: list[int], runs: list[dict], class_names) -> dict:
     s = {"model": cfg.model, "data": cfg.data, "folds": k, "seeds": seeds, "n_runs": len(runs),
          "complete": len(runs) == k * len(seeds),
@@ -286,6 +307,8 @@ def summarise(cfg: Config, k: int, seeds: list[int], runs: list[dict], class_nam
                          **pooled(runs, lambda r: r["baseline"]["confusion"], class_names)}
         s["baseline_songs"] = spread(runs, lambda r: r["baseline"]["accuracy_songs"])
         s["difference"] = spread(runs, lambda r: r["accuracy"] - r["baseline"]["accuracy"])
+        if all("correct" in r and "correct" in r["baseline"] for r in runs):
+            s["mcnemar"] = mcnemar(runs)
     times = [r["timing"]["wall_seconds"] for r in runs if r.get("timing")]
     loads = [r["timing"]["loadavg_1_5_15"][0] for r in runs if r.get("timing")]
     if times:
@@ -328,6 +351,10 @@ def write(s: dict, out: str) -> None:
         lines += [f"- MFCC+SVM (windows): {_pm(s['baseline'])}; pooled {s['baseline']['accuracy']:.3f}",
                   f"- MFCC+SVM (song statistics): {_pm(s['baseline_songs'])}",
                   f"- {name} - MFCC+SVM, paired by run: {_pm(s['difference'])}"]
+        for seed, m in s.get("mcnemar", {}).items():
+            lines.append(f"- paired by song, seed {seed} (exact McNemar over its {m['n_songs']} test songs): "
+                         f"{m['n_net_only']} right only by the {name}, {m['n_base_only']} only by MFCC+SVM, "
+                         f"p = {m['p']:.3f}")
     if "timing" in s:
         t = s["timing"]
         lines.append(f"- wall time per fold (every run that recorded one, in this call or an earlier one): mean "

@@ -83,6 +83,10 @@ def test_all_folds_from_one_call_then_skip_and_resume(folder, tmp_path, capsys):
     for f in ("summary.md", "summary-confusion.png", "summary-confusion-baseline.png"):
         assert os.path.getsize(os.path.join(out, f)) > 0
     assert "not by artist" in read(os.path.join(out, "summary.md"))
+    m = s["mcnemar"]["0"]  # the per-song pairing agrees with the two accuracies
+    assert m["n_songs"] == n and m["n_net_only"] - m["n_base_only"] == round(
+        n * (s["network"]["accuracy"] - s["baseline"]["accuracy"])) and 0 < m["p"] <= 1
+    assert "exact McNemar" in read(os.path.join(out, "summary.md"))
     tested = []
     for r in s["runs"]:
         wd = r["workdir"]
@@ -92,6 +96,8 @@ def test_all_folds_from_one_call_then_skip_and_resume(folder, tmp_path, capsys):
         assert not set(split["valid"]) & set(split["test"]) and not set(split["train"]) & set(split["test"])
         assert b["n_train"] == len(split["train"]) and b["n_valid"] == len(split["valid"])
         assert r["baseline"]["accuracy"] == b["test_accuracy"]
+        assert statistics.mean(r["correct"]) == pytest.approx(r["accuracy"])  # per song, as accuracy counts
+        assert statistics.mean(r["baseline"]["correct"]) == pytest.approx(b["test_accuracy"])
         assert r["timing"]["wall_seconds"] > 0 and len(r["timing"]["loadavg_1_5_15"]) == 3
         tested += split["test"]
     assert len(tested) == len(set(tested)) == n  # the folds partition the songs
@@ -130,6 +136,16 @@ def test_spreads_over_folds_and_seeds(tmp_path):
     assert s["difference"]["mean"] == pytest.approx(0.1) and s["difference"]["std_folds"] == pytest.approx(0, abs=1e-12)
     assert net["confusion"] == [[6, 0], [0, 6]] and s["baseline"]["recall"] == {"a": 1.0, "b": 0.0}
     assert s["complete"]
+    assert "mcnemar" not in s  # rows without per-song results: no song-level test
+    # Paired by song: seed 0 has 6 songs only the network got right and 1 only the baseline did.
+    for r in rows:
+        r["correct"], r["baseline"]["correct"] = [True] * 10, [True] * 10
+    rows[0]["correct"][:1] = [False]
+    for r in rows[:3]:
+        r["baseline"]["correct"][1:3] = [False, False]
+    m = cv.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))["mcnemar"]
+    assert m["0"] == {"n_songs": 30, "n_net_only": 6, "n_base_only": 1, "p": pytest.approx(0.125, abs=1e-9)}
+    assert m["1"] == {"n_songs": 30, "n_net_only": 0, "n_base_only": 0, "p": 1.0}
     part = cv.summarise(cv.Config(data="x"), 3, [0, 1], rows[:4], ("a", "b"))  # seed 1 has one fold so far
     assert not part["complete"] and part["network"]["std_folds"] == pytest.approx(0.1)  # seed 0's folds only
     assert part["network"]["per_seed"]["1"]["std"] is None
