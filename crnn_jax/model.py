@@ -112,7 +112,32 @@ class _ConvStack(nn.Module):
         return x  # [batch, frames', mels', channels]
 
 
-class CRNN(nn.Module):
+class _Classifier(nn.Module):
+    """What the CRNN and the CNN share: their attributes and the front end + conv blocks."""
+
+    n_classes: int
+    mel_config: mel.MelConfig
+    time_pools: Sequence[int]
+    conv_channels: Sequence[int] = (64, 128, 128, 128)
+    freq_pools: Sequence[int] = (2, 3, 4, 4)
+    conv_dropout: float = 0.1
+    final_dropout: float = 0.3
+    axis_name: str | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    def _conv_features(self, audio: jax.Array, train: bool, augment: dict) -> jax.Array:
+        """audio [batch, samples] -> [batch, frames', mels', channels]; called from the compact __call__."""
+        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train, **augment)
+        return _ConvStack(self.conv_channels, self.time_pools, self.freq_pools, self.conv_dropout,
+                          self.axis_name, self.dtype, name="convs")(x, train=train)
+
+    def _output(self, x: jax.Array, train: bool) -> jax.Array:
+        """[batch, features] -> Dropout -> Dense -> logits [batch, n_classes], float32."""
+        x = nn.Dropout(self.final_dropout, deterministic=not train)(x)
+        return nn.Dense(self.n_classes, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+
+
+class CRNN(_Classifier):
     """Convolutional-recurrent network: log-mel -> 4 conv blocks -> 2 GRUs -> logits [batch, n_classes].
 
     Attributes: n_classes; mel_config (front-end settings); conv_channels, time_pools, freq_pools (one per
@@ -121,54 +146,27 @@ class CRNN(nn.Module):
     GRUs and output layer (parameters stay float32).
     """
 
-    n_classes: int
-    mel_config: mel.MelConfig
-    time_pools: Sequence[int]
-    conv_channels: Sequence[int] = (64, 128, 128, 128)
-    freq_pools: Sequence[int] = (2, 3, 4, 4)
     gru_units: Sequence[int] = (32, 32)
-    conv_dropout: float = 0.1
-    final_dropout: float = 0.3
-    axis_name: str | None = None
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, audio: jax.Array, *, train: bool, **augment: jax.Array) -> jax.Array:
         """augment: Frontend's spec_mask / band_db (training augmentations), if any."""
-        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train, **augment)
-        x = _ConvStack(self.conv_channels, self.time_pools, self.freq_pools, self.conv_dropout,
-                       self.axis_name, self.dtype, name="convs")(x, train=train)
+        x = self._conv_features(audio, train, augment)
         b, t, f, c = x.shape
         x = x.reshape(b, t, f * c)  # [batch, steps, mels' * channels]: frequency folded into features
         for i, units in enumerate(self.gru_units):
             x = nn.RNN(nn.GRUCell(units, dtype=self.dtype, parent=None), name=f"gru{i}")(x)  # [batch, steps, units]
-        x = x[:, -1]  # [batch, units]: the last GRU step has read the whole window
-        x = nn.Dropout(self.final_dropout, deterministic=not train)(x)
-        return nn.Dense(self.n_classes, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+        return self._output(x[:, -1], train)  # the last GRU step has read the whole window
 
 
-class CNN(nn.Module):
-    """The report's plain-CNN baseline: the same front end and conv blocks, global mean pooling, Dense."""
-
-    n_classes: int
-    mel_config: mel.MelConfig
-    time_pools: Sequence[int]
-    conv_channels: Sequence[int] = (64, 128, 128, 128)
-    freq_pools: Sequence[int] = (2, 3, 4, 4)
-    conv_dropout: float = 0.1
-    final_dropout: float = 0.3
-    axis_name: str | None = None
-    dtype: jnp.dtype = jnp.float32
+class CNN(_Classifier):
+    """The report's plain-CNN baseline: the same front end and conv blocks, global mean pooling, Dense.
+    Attributes as CRNN's, without gru_units."""
 
     @nn.compact
     def __call__(self, audio: jax.Array, *, train: bool, **augment: jax.Array) -> jax.Array:
         """augment: Frontend's spec_mask / band_db (training augmentations), if any."""
-        x = Frontend(self.mel_config, self.axis_name, name="frontend")(audio, train=train, **augment)
-        x = _ConvStack(self.conv_channels, self.time_pools, self.freq_pools, self.conv_dropout,
-                       self.axis_name, self.dtype, name="convs")(x, train=train)
-        x = x.mean(axis=(1, 2))  # [batch, channels]
-        x = nn.Dropout(self.final_dropout, deterministic=not train)(x)
-        return nn.Dense(self.n_classes, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+        return self._output(self._conv_features(audio, train, augment).mean(axis=(1, 2)), train)  # [batch, channels]
 
 
 def mel_config_of(cfg) -> mel.MelConfig:

@@ -170,3 +170,19 @@ def test_test_extra_pulls_no_tensorflow_and_ci_still_tests_it():
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         ci = f.read()
     assert '".[test,tfds]"' in ci and '"torch==' in ci
+
+
+PRESETS = ("cnn", "default_cpu", "gtzan", "gtzan70", "seed_report", "seed_report_cnn", "smoke", "synth_compare")
+
+
+def test_every_preset_loads_and_says_what_it_is():
+    """Each experiments/<name>.py preset loads to a valid Config (Config validates itself when built) whose
+    model matches its name, and the CNN variants differ from their CRNN presets in the model alone."""
+    listed = {f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py")}
+    assert set(PRESETS) | {"baseline_mfcc_svm", "torch_reference"} == listed  # a new preset joins this test
+    cfgs = {name: config_lib.load_preset(os.path.join(ROOT, "experiments", f"{name}.py")) for name in PRESETS}
+    for name, cfg in cfgs.items():
+        assert cfg.model == ("cnn" if "cnn" in name else "crnn"), name
+    assert cfgs["seed_report_cnn"] == cfgs["seed_report"].replace(model="cnn")
+    assert cfgs["cnn"] == cfgs["default_cpu"].replace(model="cnn")
+    assert cfgs["seed_report"].batch_size == 4 and cfgs["seed_report"].momentum == 0.9  # the report's recipe
