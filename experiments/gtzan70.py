@@ -10,8 +10,8 @@ evaluation by song against MFCC+SVM on the same folds.
 
 What it measured (experiments/README.md, "70 real GTZAN clips", has every row, its command and fold times;
 row 25 is this preset): song accuracy over 5 folds of 14 test songs, mean +- std over the 15 folds of seeds
-0, 1 and 2: CRNN 0.848 +- 0.074 (seed 0, on which weight decay was chosen, 0.829; seeds 1 and 2, fresh,
-0.871 and 0.843) and MFCC+SVM on the same folds (same 56 training songs) 0.743 +- 0.106, paired difference
+0, 1 and 2: CRNN 0.848 +- 0.074 (seed 0, on which weight decay was chosen, 0.829; seed 1, on which 1.0
+was preferred to 0.3, 0.871; seed 2, fresh, 0.843) and MFCC+SVM on the same folds (same 56 training songs) 0.743 +- 0.106, paired difference
 +0.105 +- 0.113 (seeds +- 0.044). The lead is larger than the CRNN's fold spread, level with the SVM's and
 just under the paired difference's: with 14 test songs a fold, one song is 0.071. Without weight decay
 (the previous preset) the CRNN had 0.814 +- 0.080 on seeds 0 and 1 (0.800, 0.829). Adjacent GTZAN clips
@@ -28,7 +28,7 @@ exp(-0.84) = 0.43 of its size; 0.3 gave 0.821 on seeds 0 and 1, 1.0 0.850); no v
 and the 10 songs go back into training (46 -> 56); 1,680 steps (420 epochs of 4 steps at batch 16): four
 times the previous 420, the largest lever measured (0.671 -> 0.800 on seed 0). Measured worse and left off:
 random EQ (eq_db), speed change by resampling (speed_change 0.1), learning rate 2e-3 with warm-up; more
-steps and an ensemble of two were no better. A fold took 9-12 minutes on 2 cores with a second fold
+steps and an ensemble of two were no better. A fold took 8-12 minutes on 2 cores with a second fold
 running beside it, about 6 alone; a GPU would make the Choi-size model (gtzan.py's 64/128/128/128), more
 steps, ten folds and more seeds affordable.
 """
