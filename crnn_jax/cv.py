@@ -20,12 +20,13 @@ each with its own initialisation, crops, dropout and augmentation (Config.train_
 score is the members' mean song log-probability, and the summary gives the members' own accuracy beside.
 
 OUT/summary.json and OUT/summary.md: song-level test accuracy per seed and fold for the network and the
-baseline; mean over all runs ± the spread between folds (sample std over a seed's folds, pooled over
-seeds) and between seeds (sample std of the per-seed means); the paired difference network - baseline,
-by fold and, per seed, by song (an exact McNemar test over the songs only one of the two got right); the pooled confusion matrix over all test songs of all runs and per-genre recall from it
-(OUT/summary-confusion.png, OUT/summary-confusion-baseline.png); wall time per fold with the load average
-at its end. Folds keep songs apart, not artists: on GTZAN-like data a fold measures "a new song of a
-possibly known artist".
+baseline; mean over all runs ± the spread between folds (sample std over a seed's folds, pooled over seeds)
+and between seeds (sample std of the per-seed means); the paired difference network - baseline, by fold and,
+per seed, by song (an exact McNemar test over the songs only one of the two got right); the pooled confusion
+matrix over all test songs of all runs and per-genre recall from it (OUT/summary-confusion.png,
+OUT/summary-confusion-baseline.png); wall time per fold with the load average at its end
+(crnn_jax/cv_summary.py writes them). Folds keep songs apart, not artists: on GTZAN-like data a fold measures
+"a new song of a possibly known artist".
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import typing
@@ -48,13 +48,11 @@ from crnn_jax import splits
 from crnn_jax import train as train_lib
 from crnn_jax import workdir as workdir_lib
 from crnn_jax.config import Config, ConfigError
+from crnn_jax.cv_summary import plus_minus, summarise, write
 from crnn_jax.data import DataError
 
 # The driver sets these per run; a user may not.
 OWNED = {"split": "--folds", "fold": "--folds", "seed": "--seeds", "workdir": "--out", "member": "--set ensemble=M"}
-NOTE = ("Folds are by song (every window of a song on one side), not by artist: where one artist or album "
-        "has several songs (as adjacent GTZAN clips do), this measures recognising a new song of a possibly "
-        "known artist, not artist-filtered generalisation.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,14 +136,24 @@ def write_timing(path: str, wall: float, res: dict) -> None:
     """OUT/seed<s>-fold<i>/cv_timing.json after a train() call of `wall` seconds. A call that resumed a run
     an earlier call had timed (a longer schedule, or a finished run re-tested after a resumable config change)
     adds its time to that record, and one that trained no step keeps the earlier load average, so a rerun
-    never replaces a fold's training time with the seconds of a re-test."""
-    prev = _load(path) if res.get("resumed_from") else None
-    same_steps = prev is not None and res.get("resumed_from") == res.get("steps")
+    never replaces a fold's training time with the seconds of a re-test. A call that resumed a run stopped
+    before any record was written (killed mid-fold) adds the stopped segment's training seconds up to its
+    checkpoint (train_time.jsonl beside `path`) and marks the record `partial`: that segment's compiling and
+    lost steps are not known."""
+    resumed = res.get("resumed_from")
+    prev = _load(path) if resumed else None
+    same_steps = prev is not None and resumed == res.get("steps")
+    earlier = (prev or {}).get("wall_seconds", 0.0)
+    if resumed and prev is None:
+        rows = report.read_metrics(os.path.join(os.path.dirname(path), workdir_lib.TRAIN_TIME))
+        earlier = workdir_lib.train_seconds_at(rows, resumed)
+    record = {"wall_seconds": round(wall + earlier, 1), "train_seconds": res["train_seconds"],
+              "resumed_from": resumed,
+              "loadavg_1_5_15": prev["loadavg_1_5_15"] if same_steps else [round(x, 2) for x in os.getloadavg()]}
+    if (resumed and prev is None) or (prev or {}).get("partial"):
+        record["partial"] = True
     with open(path, "w") as f:
-        json.dump({"wall_seconds": round(wall + (prev or {}).get("wall_seconds", 0.0), 1),
-                   "train_seconds": res["train_seconds"], "resumed_from": res.get("resumed_from"),
-                   "loadavg_1_5_15": prev["loadavg_1_5_15"] if same_steps
-                   else [round(x, 2) for x in os.getloadavg()]}, f)
+        json.dump(record, f)
 
 
 def train_member(rc: Config, tag: str, log) -> tuple[Config, dict]:
@@ -169,9 +177,10 @@ def fold_timing(records: list[dict | None]) -> dict | None:
         return None
     if len(records) == 1:
         return records[0]
-    return {"wall_seconds": round(sum(r["wall_seconds"] for r in records), 1),
-            "train_seconds": sum(r["train_seconds"] for r in records), "resumed_from": None,
-            "loadavg_1_5_15": records[-1]["loadavg_1_5_15"]}
+    out = {"wall_seconds": round(sum(r["wall_seconds"] for r in records), 1),
+           "train_seconds": sum(r["train_seconds"] for r in records), "resumed_from": None,
+           "loadavg_1_5_15": records[-1]["loadavg_1_5_15"]}
+    return {**out, "partial": True} if any(r.get("partial") for r in records) else out
 
 
 def member_song_log_probs(rc: Config, res: dict, ds: data_lib.Dataset, test: np.ndarray) -> np.ndarray:
@@ -252,132 +261,6 @@ def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: b
     return summary
 
 
-def spread(runs: list[dict], key) -> dict:
-    """Mean over all runs; spread between folds (sample std over each seed's folds, pooled over seeds:
-    sqrt of the mean variance) and between seeds (sample std of the per-seed means); per seed mean/std.
-    A std of fewer than two values is None (a partial summary)."""
-    seeds = sorted({r["seed"] for r in runs})
-    by_seed = {s: [key(r) for r in runs if r["seed"] == s] for s in seeds}
-    std = lambda v: statistics.stdev(v) if len(v) > 1 else None  # noqa: E731
-    variances = [statistics.variance(v) for v in by_seed.values() if len(v) > 1]
-    return {
-        "mean": statistics.mean(key(r) for r in runs),
-        "std_folds": float(np.sqrt(statistics.mean(variances))) if variances else None,
-        "std_seeds": std([statistics.mean(v) for v in by_seed.values()]),
-        "std_all": std([key(r) for r in runs]),
-        "per_seed": {str(s): {"mean": statistics.mean(v), "std": std(v), "folds": v} for s, v in by_seed.items()},
-    }
-
-
-def pooled(runs: list[dict], conf_key, class_names) -> dict:
-    conf = np.sum([np.array(conf_key(r)) for r in runs], axis=0)
-    return {"confusion": conf.tolist(), "accuracy": float(np.trace(conf) / conf.sum()),
-            "recall": {n: v["recall"] for n, v in report.per_class(conf, class_names).items()}}
-
-
-def mcnemar(runs: list[dict]) -> dict:
-    """Exact McNemar test of network against baseline on the same test songs, per seed: over a seed's K
-    folds every song is tested once, by both, so the songs are the paired samples (folds of 14 songs make
-    a fold's accuracy too coarse to pair on). n_net_only: songs only the network got right; n_base_only:
-    only the baseline; p: two-sided exact binomial p-value of the larger count given their sum (1.0 when
-    they are equal or both 0). A song of two seeds is two pairs of one song, not independent: no pooled p."""
-    from scipy import stats
-
-    out = {}
-    for seed in sorted({r["seed"] for r in runs}):
-        net = np.concatenate([r["correct"] for r in runs if r["seed"] == seed]).astype(bool)
-        base = np.concatenate([r["baseline"]["correct"] for r in runs if r["seed"] == seed]).astype(bool)
-        a, b = int((net & ~base).sum()), int((~net & base).sum())
-        p = float(stats.binomtest(max(a, b), a + b, 0.5).pvalue) if a + b else 1.0
-        out[str(seed)] = {"n_songs": int(net.size), "n_net_only": a, "n_base_only": b, "p": min(1.0, p)}
-    return out
-
-
-def summarise(cfg: Config, k: int, seeds: list[int], runs: list[dict], class_names) -> dict:
-    s = {"model": cfg.model, "data": cfg.data, "folds": k, "seeds": seeds, "n_runs": len(runs),
-         "complete": len(runs) == k * len(seeds),
-         "n_test_songs": sum(r["n_test"] for r in runs), "class_names": list(class_names), "note": NOTE,
-         "config": json.loads(cfg.replace(workdir="", seed=0, fold=0, split=f"kfold:{k}").to_json()),
-         "network": {**spread(runs, lambda r: r["accuracy"]), **pooled(runs, lambda r: r["confusion"], class_names)},
-         "runs": runs, "ensemble": cfg.ensemble}
-    if cfg.ensemble > 1:  # the rows score the ensemble; this is what its members scored alone
-        s["members"] = spread(runs, lambda r: statistics.mean(r["member_accuracies"]))
-    if all("baseline" in r for r in runs):
-        s["baseline"] = {**spread(runs, lambda r: r["baseline"]["accuracy"]),
-                         **pooled(runs, lambda r: r["baseline"]["confusion"], class_names)}
-        s["baseline_songs"] = spread(runs, lambda r: r["baseline"]["accuracy_songs"])
-        s["difference"] = spread(runs, lambda r: r["accuracy"] - r["baseline"]["accuracy"])
-        if all("correct" in r and "correct" in r["baseline"] for r in runs):
-            s["mcnemar"] = mcnemar(runs)
-    times = [r["timing"]["wall_seconds"] for r in runs if r.get("timing")]
-    loads = [r["timing"]["loadavg_1_5_15"][0] for r in runs if r.get("timing")]
-    if times:
-        s["timing"] = {"fold_wall_seconds_mean": statistics.mean(times), "fold_wall_seconds_max": max(times),
-                       "loadavg_1min_mean": statistics.mean(loads), "timed_runs": len(times)}
-    return s
-
-
-def _pm(d: dict) -> str:
-    folds = f" ± {d['std_folds']:.3f} (folds)" if d.get("std_folds") is not None else ""
-    seeds = f", seeds ± {d['std_seeds']:.3f}" if d.get("std_seeds") is not None else ""
-    return f"{d['mean']:.3f}{folds}{seeds}"
-
-
-def write(s: dict, out: str) -> None:
-    """summary.json, summary.md and the confusion plots."""
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(s, f, indent=1)
-    name, has_b = s["model"].upper(), "baseline" in s
-    lines = [f"# {s['folds']}-fold evaluation by song: {name} on {s['data']}", "", s["note"], "",
-             ("" if s["complete"] else f"**PARTIAL: {s['n_runs']} of {s['folds'] * len(s['seeds'])} runs "
-              "finished; run the same command again to complete it.** ")
-             + f"Seeds {', '.join(map(str, s['seeds']))}; {s['n_runs']} runs, {s['n_test_songs']} test songs in all. "
-             "Accuracy is song-level (mean window log-probability per song).", "",
-             f"| seed | fold | test songs | {name} |" + (" MFCC+SVM |" if has_b else "")
-             + " tested checkpoint (step) | wall s | load (1 min) |",
-             "|---|---|---|---|" + ("---|" if has_b else "") + "---|---|---|"]
-    for r in s["runs"]:
-        t = r.get("timing") or {}
-        lines.append(f"| {r['seed']} | {r['fold']} | {r['n_test']} | {r['accuracy']:.3f} |"
-                     + (f" {r['baseline']['accuracy']:.3f} |" if has_b else "")
-                     + f" {r.get('tested_checkpoint') or '-'} ({r.get('tested_step') or '-'}) |"
-                     + f" {t.get('wall_seconds', '-')} | {(t.get('loadavg_1_5_15') or ['-'])[0]} |")
-    ens = s.get("ensemble", 1)
-    lines += ["", f"- {name}" + (f", ensemble of {ens} (mean song log-probability)" if ens > 1 else "")
-              + f": {_pm(s['network'])}; pooled {s['network']['accuracy']:.3f}"]
-    if "members" in s:
-        lines.append(f"- its members alone (mean of the {ens} accuracies per fold): {_pm(s['members'])}")
-    if has_b:
-        lines += [f"- MFCC+SVM (windows): {_pm(s['baseline'])}; pooled {s['baseline']['accuracy']:.3f}",
-                  f"- MFCC+SVM (song statistics): {_pm(s['baseline_songs'])}",
-                  f"- {name} - MFCC+SVM, paired by run: {_pm(s['difference'])}"]
-        for seed, m in s.get("mcnemar", {}).items():
-            lines.append(f"- paired by song, seed {seed} (exact McNemar over its {m['n_songs']} test songs): "
-                         f"{m['n_net_only']} right only by the {name}, {m['n_base_only']} only by MFCC+SVM, "
-                         f"p = {m['p']:.3f}")
-    if "timing" in s:
-        t = s["timing"]
-        lines.append(f"- wall time per fold (every run that recorded one, in this call or an earlier one): mean "
-                     f"{t['fold_wall_seconds_mean']:.0f} s, max "
-                     f"{t['fold_wall_seconds_max']:.0f} s, 1-minute load average {t['loadavg_1min_mean']:.2f}")
-    lines += ["", "Per-genre recall (pooled over all test songs):", "",
-              "| genre | " + name + " |" + (" MFCC+SVM |" if has_b else ""), "|---|---|" + ("---|" if has_b else "")]
-    for g in s["class_names"]:
-        lines.append(f"| {g} | {s['network']['recall'][g]:.2f} |"
-                     + (f" {s['baseline']['recall'][g]:.2f} |" if has_b else ""))
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    n = s["n_test_songs"]
-    report.plot_confusion(np.array(s["network"]["confusion"]), s["class_names"],
-                          os.path.join(out, "summary-confusion.png"),
-                          f"{name}, {s['folds']} folds x {len(s['seeds'])} seeds: "
-                          f"{s['network']['accuracy']:.3f} (n={n})")
-    if has_b:
-        report.plot_confusion(np.array(s["baseline"]["confusion"]), s["class_names"],
-                              os.path.join(out, "summary-confusion-baseline.png"),
-                              f"MFCC+SVM, same folds: {s['baseline']['accuracy']:.3f} (n={n})")
-
-
 def _compilation_cache(cfg: Config) -> None:
     """Folds of one seed compile the same programs: keep them on disk (beside the decoded-audio cache) so
     folds 2..K, and a rerun, load instead of compiling. $JAX_COMPILATION_CACHE_DIR, when set, wins."""
@@ -407,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crnn_jax.cv: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    print(f"{s['model'].upper()} {_pm(s['network'])}"
-          + (f"; MFCC+SVM {_pm(s['baseline'])}; difference {_pm(s['difference'])}" if "baseline" in s else "")
+    pm = plus_minus
+    print(f"{s['model'].upper()} {pm(s['network'])}"
+          + (f"; MFCC+SVM {pm(s['baseline'])}; difference {pm(s['difference'])}" if "baseline" in s else "")
           + f"; summary in {os.path.join(out, 'summary.md')}")
     return 0
 

@@ -13,6 +13,7 @@ import soundfile as sf
 
 from conftest import ROOT
 from crnn_jax import cv
+from crnn_jax import cv_summary
 from crnn_jax import data as data_lib
 from crnn_jax import splits
 
@@ -128,7 +129,7 @@ def test_spreads_over_folds_and_seeds(tmp_path):
     rows = [{"seed": s, "fold": f, "accuracy": a, "n_test": 10, "confusion": [[1, 0], [0, 1]],
              "baseline": {"accuracy": a - 0.1, "accuracy_songs": a, "confusion": [[1, 0], [1, 0]], "C": 1.0}}
             for s, accs in ((0, (0.5, 0.7, 0.6)), (1, (0.8, 0.6, 0.7))) for f, a in enumerate(accs)]
-    s = cv.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))
+    s = cv_summary.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))
     net = s["network"]
     assert net["mean"] == pytest.approx(0.65)
     assert net["std_folds"] == pytest.approx(np.sqrt((0.01 + 0.01) / 2))
@@ -143,18 +144,26 @@ def test_spreads_over_folds_and_seeds(tmp_path):
     rows[0]["correct"][:1] = [False]
     for r in rows[:3]:
         r["baseline"]["correct"][1:3] = [False, False]
-    m = cv.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))["mcnemar"]
+    m = cv_summary.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))["mcnemar"]
     assert m["0"] == {"n_songs": 30, "n_net_only": 6, "n_base_only": 1, "p": pytest.approx(0.125, abs=1e-9)}
     assert m["1"] == {"n_songs": 30, "n_net_only": 0, "n_base_only": 0, "p": 1.0}
-    part = cv.summarise(cv.Config(data="x"), 3, [0, 1], rows[:4], ("a", "b"))  # seed 1 has one fold so far
+    part = cv_summary.summarise(cv.Config(data="x"), 3, [0, 1], rows[:4], ("a", "b"))  # seed 1 has one fold so far
     assert not part["complete"] and part["network"]["std_folds"] == pytest.approx(0.1)  # seed 0's folds only
     assert part["network"]["per_seed"]["1"]["std"] is None
-    one = cv.summarise(cv.Config(data="x"), 3, [0], rows[:1], ("a", "b"))
+    one = cv_summary.summarise(cv.Config(data="x"), 3, [0], rows[:1], ("a", "b"))
     assert one["network"]["std_folds"] is None and one["network"]["std_all"] is None
     out = tmp_path / "partial"
     out.mkdir()
-    cv.write(one, str(out))
+    cv_summary.write(one, str(out))
     assert "PARTIAL: 1 of 3 runs" in read(out / "summary.md")
+    for i, r in enumerate(rows):  # fold times, one of them from a run stopped and resumed
+        r["timing"] = {"wall_seconds": 100.0 + i, "train_seconds": 90.0, "resumed_from": None,
+                       "loadavg_1_5_15": [2.0, 2.0, 2.0], **({"partial": True} if i == 2 else {})}
+    timed = cv_summary.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))
+    assert timed["timing"]["timed_runs"] == 6 and timed["timing"]["partial_runs"] == 1
+    cv_summary.write(timed, str(out))
+    md = read(out / "summary.md")
+    assert md.count("(partial)") == 1 and "max 105 s" in md and "; 1 partial (stopped and resumed" in md
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -203,6 +212,28 @@ def test_a_rerun_adds_to_a_folds_time_and_never_replaces_it(tmp_path):
     assert longer["wall_seconds"] == 804.0 and longer["loadavg_1_5_15"] != [9.0, 9.0, 9.0]
     cv.write_timing(path, 7.0, {"train_seconds": 6.0, "resumed_from": None, "steps": 20})  # a fresh run replaces
     assert json.load(open(path))["wall_seconds"] == 7.0
+
+
+def test_a_fold_stopped_before_its_record_keeps_its_training_seconds_and_says_partial(tmp_path):
+    """A fold killed mid-run has no cv_timing.json; the call that resumes it adds the stopped segment's
+    training seconds up to the checkpoint it resumed from (train_time.jsonl) and marks the record partial,
+    which a later re-test and an ensemble's fold record keep."""
+    path = str(tmp_path / "cv_timing.json")
+    with open(tmp_path / "train_time.jsonl", "w") as f:
+        for step, sec in ((100, 40.0), (200, 75.0), (300, 110.0)):  # steps 300+ were lost with the kill
+            f.write(json.dumps({"step": step, "train_seconds": sec}) + "\n")
+    cv.write_timing(path, 250.0, {"train_seconds": 330.0, "resumed_from": 200, "steps": 1680})
+    rec = json.load(open(path))
+    assert rec["wall_seconds"] == 325.0 and rec["partial"] is True
+    cv.write_timing(path, 4.0, {"train_seconds": 330.0, "resumed_from": 1680, "steps": 1680})  # re-test
+    again = json.load(open(path))
+    assert again["wall_seconds"] == 329.0 and again["partial"] is True
+    assert again["loadavg_1_5_15"] == rec["loadavg_1_5_15"]
+    full = {"wall_seconds": 500.0, "train_seconds": 480.0, "resumed_from": None, "loadavg_1_5_15": [1, 1, 1]}
+    assert "partial" not in cv.fold_timing([full, full])
+    assert cv.fold_timing([full, json.load(open(path))])["partial"] is True
+    cv.write_timing(path, 7.0, {"train_seconds": 6.0, "resumed_from": None, "steps": 20})  # a fresh run
+    assert "partial" not in json.load(open(path))
 
 
 def test_member_changes_the_training_stream_not_the_split():
