@@ -14,7 +14,9 @@ files are not checksummed: a flipped byte restores as a wrong number). So every 
 restore_intact walks from the newest checkpoint down: one that fails its file list or orbax's restore is
 damaged; the newest intact one is restored, and each damaged one newer than it is moved (renamed, never
 deleted) to `<checkpoints>-damaged/<step>` before training goes on, so that neither orbax's max_to_keep
-nor a new save at the same step can remove it.
+nor a new save at the same step can remove it. With several processes all judge the same files, then
+process 0 moves, then all forget the moved steps, with a barrier between each (a process that still
+listed a moved step would skip its collective save and hang the others).
 """
 
 from __future__ import annotations
@@ -101,12 +103,13 @@ class Checkpointer:
             return f"its file list {MANIFEST} is unreadable"
         for rel, (size, digest) in sorted(files.items()):
             full = os.path.join(d, rel)
-            if not os.path.isfile(full):
-                return f"{rel} is missing"
-            if os.path.getsize(full) != size:
-                return f"{rel} has {os.path.getsize(full)} bytes, {size} were written"
-            if _digest(full)[1] != digest:
-                return f"{rel} differs from what was written"
+            try:
+                if os.path.getsize(full) != size:
+                    return f"{rel} has {os.path.getsize(full)} bytes, {size} were written"
+                if _digest(full)[1] != digest:
+                    return f"{rel} differs from what was written"
+            except OSError as e:  # missing, a folder, unreadable
+                return f"{rel} is missing" if not os.path.isfile(full) else f"{rel} is unreadable ({e.strerror})"
         return ""
 
     def restore_intact(self, like: Any, warn: Callable[[str], None] = print) -> tuple[Any, int] | None:
@@ -126,11 +129,17 @@ class Checkpointer:
             if why:
                 damaged.append((step, why))
                 continue
-            if damaged and jax.process_index() == 0:
-                for bad, bad_why in damaged:
-                    to = self._set_aside(bad)
-                    warn(f"warning: checkpoint {bad} in {self.directory} is damaged ({bad_why}); moved it to "
-                         f"{to} (kept, not deleted); resuming from checkpoint {step}")
+            if damaged:
+                # Several processes: every one has judged the same files before any is moved (the first
+                # barrier), and every one forgets the moved steps (the second), or a process whose manager
+                # still lists a moved step would skip the collective save of that step and hang the rest.
+                _barrier(f"crnn_jax_damage_judged_{step}")
+                if jax.process_index() == 0:
+                    for bad, bad_why in damaged:
+                        to = self._set_aside(bad)
+                        warn(f"warning: checkpoint {bad} in {self.directory} is damaged ({bad_why}); moved it "
+                             f"to {to} (kept, not deleted); resuming from checkpoint {step}")
+                _barrier(f"crnn_jax_damage_moved_{step}")
                 self._mngr.reload()
             return state, step
         if damaged:
@@ -163,6 +172,16 @@ class Checkpointer:
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+
+def _barrier(name: str) -> None:
+    """Wait until every process of the run has reached the barrier `name` (nothing with one process).
+
+    A barrier of the coordination service, not orbax's default sync_global_processes: that one is a device
+    collective, which over gloo can interleave with the collectives of orbax's own threads and abort both
+    processes ("Is there a distributed collective mismatch in your code?")."""
+    if jax.process_count() > 1:
+        ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=300_000)
 
 
 def _files_under(d: str) -> list[str]:

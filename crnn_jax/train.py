@@ -133,9 +133,11 @@ def train(cfg: Config, *, log=print) -> dict:
             if os.path.exists(path):
                 report.truncate_metrics(path, start)
     # Segments before this one: their training seconds, and the validation lines already written (a rerun of
-    # a finished run, or one killed before results.json, must not write its last validation twice).
+    # a finished run, or one killed before results.json, must not write its last validation twice). Steps
+    # after `start` are left out here too, not only by process 0's truncation above: another process may read
+    # the file before that, and a process that saw a line the others did not would skip a collective save.
     seconds_before = workdir_lib.train_seconds_at(report.read_metrics(train_time_path), start)
-    logged = {p: {r["step"] for r in report.read_metrics(p) if "eval_accuracy" in r}
+    logged = {p: {r["step"] for r in report.read_metrics(p) if "eval_accuracy" in r and r["step"] <= start}
               for p in (metrics_path, timing_path)}
     # The best validation pass up to the checkpoint, from the eval lines written before it (selection.py).
     best = selection.Best.replay(report.read_metrics(metrics_path) if start and os.path.exists(metrics_path)

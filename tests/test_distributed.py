@@ -5,6 +5,7 @@ for a missing peer, disagreeing processes and a taken coordinator port."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -156,6 +157,36 @@ def test_all_killed_then_resumed_ends_identical(runs):
     kept = [r for r in runs["killed"] if r["step"] <= 4]  # up to the checkpoint: left as they were
     assert metrics(runs["two"])[:len(kept)] == kept
     assert_same_results(results(runs["two"]), results(runs["one"]))
+
+
+def test_a_damaged_newest_checkpoint_is_moved_aside_once_and_both_processes_retrain_from_the_previous(
+        runs, tmp_path):
+    wd = str(tmp_path / "run")
+    shutil.copytree(runs["two"], wd)  # finished: checkpoints 4 and 8
+    ck = os.path.join(wd, "checkpoints")
+    big = max((os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ck, "8")) for f in fs), key=os.path.getsize)
+    os.truncate(big, os.path.getsize(big) // 2)
+    damaged = sorted((os.path.relpath(os.path.join(r, f), ck), os.path.getsize(os.path.join(r, f)))
+                     for r, _, fs in os.walk(os.path.join(ck, "8")) for f in fs)
+    os.remove(os.path.join(wd, "results.json"))  # so that the retrained end is the one compared below
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with processes(2, free_port(), wd, str(logs)) as procs:
+        codes = wait(procs, 240)
+    assert codes == [0, 0], read(logs, "p0.err")[-3000:] + read(logs, "p1.err")[-3000:]
+    errs = [read(logs, f"p{i}.err") for i in range(2)]
+    assert not any("Traceback" in e for e in errs)
+    # One warning, from process 0, which alone moves the folder; process 1 only skips it.
+    warned = [[line for line in e.splitlines() if "is damaged" in line] for e in errs]
+    assert len(warned[0]) == 1 and warned[1] == [], warned
+    assert f"moved it to {ck}-damaged/8 (kept, not deleted); resuming from checkpoint 4" in warned[0][0]
+    moved = sorted((os.path.relpath(os.path.join(r, f), ck + "-damaged"), os.path.getsize(os.path.join(r, f)))
+                   for r, _, fs in os.walk(os.path.join(ck + "-damaged", "8")) for f in fs)
+    assert moved == damaged  # kept as it was, not repaired or deleted
+    # Steps 5-8 retrained by both processes together: the numbers of the uninterrupted one-process run.
+    assert_same_metrics(metrics(wd), metrics(runs["one"]))
+    assert_same_results(results(wd), results(runs["one"]))
+    assert sorted(d for d in os.listdir(ck) if d.isdigit()) == ["4", "8"]
 
 
 def one_line_error(logdir, i):
