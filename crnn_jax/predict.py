@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(docs, indent=1))
     if failed:
-        print(f"crnn_jax.predict: {failed} of {len(files)} file(s) failed (named above); the rest were predicted",
-              file=sys.stderr)
+        rest = "nothing was predicted" if failed == len(files) else "the rest were predicted"
+        print(f"crnn_jax.predict: {failed} of {len(files)} file(s) failed (named above); {rest}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -265,6 +265,10 @@ def test_cli_reports_bad_files_and_predicts_the_rest(run_dir, songs, predictor, 
     assert len(err) == 3 and "Traceback" not in p.stderr, p.stderr
     assert missing in err[0] and "no such file" in err[0] and corrupt in err[1]
     assert err[2] == "crnn_jax.predict: 2 of 4 file(s) failed (named above); the rest were predicted"
+    p = run_module("crnn_jax.predict", "--workdir", run_dir, missing, check=False, timeout=240)
+    assert p.returncode == 1 and p.stdout == "", p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last == "crnn_jax.predict: 1 of 1 file(s) failed (named above); nothing was predicted", p.stderr
 
     wd = str(tmp_path / "wd")  # a checkpoint of another model: refused before orbax reads an array
     shutil.copytree(run_dir, wd)
