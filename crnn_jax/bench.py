@@ -13,8 +13,8 @@ experiments/torch_reference.py, same shapes, weights and inputs. To add a subcom
 import argparse
 import sys
 
-from crnn_jax import bench_mel as _mel
-from crnn_jax import bench_train as _train
+from crnn_jax.benchmarks import mel_speed as _mel
+from crnn_jax.benchmarks import train_step as _train
 
 bench_mel = _mel.bench_mel
 bench_train = _train.bench_train

@@ -33,6 +33,7 @@ class Config:
     data: str = "synthetic"  # "synthetic", a folder of genre sub-folders, or "tfds:gtzan"
     split: str = "random"  # random | fault-filtered | kfold:K | a folder with train/valid/test.txt
     fold: int = 0  # which fold is the test fold with split="kfold:K"
+    group_by: str = ""  # "" (songs) | artist | album | folder: random/kfold splits keep each group on one side
     test_fraction: float = 0.2  # random split: share of songs per class held out for test
     valid_fraction: float = 0.1  # random split: share of songs per class for validation (0: none)
     cache_dir: str = ""  # decoded-audio cache; "" = ~/.cache/crnn_jax

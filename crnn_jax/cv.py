@@ -40,16 +40,16 @@ import typing
 
 import numpy as np
 
-from crnn_jax import baseline
+from crnn_jax.kfold import baseline
 from crnn_jax import config as config_lib
-from crnn_jax import data as data_lib
-from crnn_jax import report
-from crnn_jax import splits
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.training import report
+from crnn_jax.data import splits
 from crnn_jax import train as train_lib
-from crnn_jax import workdir as workdir_lib
+from crnn_jax.training import workdir as workdir_lib
 from crnn_jax.config import Config, ConfigError
-from crnn_jax.cv_summary import plus_minus, summarise, write
-from crnn_jax.data import DataError
+from crnn_jax.kfold.summary import plus_minus, summarise, write
+from crnn_jax.data.dataset import DataError
 
 # The driver sets these per run; a user may not.
 OWNED = {"split": "--folds", "fold": "--folds", "seed": "--seeds", "workdir": "--out", "member": "--set ensemble=M"}
@@ -188,7 +188,8 @@ def member_song_log_probs(rc: Config, res: dict, ds: data_lib.Dataset, test: np.
     written before results.json held them) by scoring its tested checkpoint again, as its test pass did."""
     if "song_log_probs" in res["test"]:
         return np.asarray(res["test"]["song_log_probs"], np.float64)
-    from crnn_jax import evaluate, restore  # only for runs of older versions
+    from crnn_jax import evaluate  # only for runs of older versions
+    from crnn_jax.inference import restore
 
     _, _, state = restore.workdir_state(rc.workdir)
     return np.asarray(evaluate.score(rc, state, ds, test)["song_log_probs"], np.float64)

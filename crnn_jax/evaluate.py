@@ -23,13 +23,13 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from crnn_jax import data as data_lib
+from crnn_jax.data import dataset as data_lib
 from crnn_jax.cli import HelpFormatter
 from crnn_jax import model as model_lib
-from crnn_jax import report
-from crnn_jax import steps as steps_lib
+from crnn_jax.training import report
+from crnn_jax.training import steps as steps_lib
 from crnn_jax.config import Config, ConfigError
-from crnn_jax.data import DataError
+from crnn_jax.data.dataset import DataError
 
 
 def padded_batches(w_song: np.ndarray, w_off: np.ndarray, batch: int
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                                  ("cache_dir", args.cache_dir)) if v is not None}
     cfg = predictor.cfg.replace(**changes)
     if args.part == "all" and cfg.data != "synthetic":  # every song: no split to make (a folder too small for one is fine)
-        from crnn_jax import loaders
+        from crnn_jax.data import loaders
 
         load_fn = loaders.load_tfds if cfg.data.startswith("tfds:") else loaders.load_folder
         ds, split = load_fn(cfg.data, sample_rate=cfg.sample_rate, cache=cfg.cache_dir), None

@@ -37,7 +37,7 @@ from flax import serialization
 
 from crnn_jax import __version__
 from crnn_jax import model as model_lib
-from crnn_jax import steps as steps_lib
+from crnn_jax.training import steps as steps_lib
 from crnn_jax.cli import HelpFormatter
 from crnn_jax.config import Config, ConfigError
 
@@ -124,7 +124,7 @@ def read_model(path: str) -> tuple[Config, tuple[str, ...], steps_lib.TrainState
     net = model_lib.build_model(cfg, len(classes))
     want = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), np.zeros((1, cfg.crop_samples), np.float32),
                                            train=False))
-    from crnn_jax.restore import flat_shapes, mismatch as shapes_differ  # the checkpoint's shape check, shared
+    from crnn_jax.inference.restore import flat_shapes, mismatch as shapes_differ  # the checkpoint's shape check, shared
 
     got = {"params": params, "batch_stats": batch_stats}
     mismatch = shapes_differ(flat_shapes({k: want[k] for k in got}), flat_shapes(got))

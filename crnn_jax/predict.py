@@ -26,15 +26,15 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from crnn_jax import data as data_lib
+from crnn_jax.data import dataset as data_lib
 from crnn_jax import evaluate as eval_lib
 from crnn_jax import model as model_lib
-from crnn_jax import restore
-from crnn_jax import steps as steps_lib
+from crnn_jax.inference import restore
+from crnn_jax.training import steps as steps_lib
 from crnn_jax.cli import HelpFormatter
 from crnn_jax.config import Config, ConfigError
-from crnn_jax.data import DataError
-from crnn_jax.splits import AUDIO_EXTS
+from crnn_jax.data.dataset import DataError
+from crnn_jax.data.splits import AUDIO_EXTS
 
 DEFAULT_BATCH = 16  # windows per forward call: 48 s of audio at 3 s crops
 
@@ -170,7 +170,7 @@ def read_song(path: str, sample_rate: int) -> np.ndarray:
     """Decode one audio file -> [samples] float32 at sample_rate Hz; DataError naming the file otherwise."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    from crnn_jax import loaders  # decoding lives with the data loaders (soundfile, resample_poly)
+    from crnn_jax.data import loaders  # decoding lives with the data loaders (soundfile, resample_poly)
 
     try:
         return loaders.read_audio(path, sample_rate)
@@ -244,7 +244,7 @@ def audio_files(paths: list[str]) -> tuple[list[str], dict[str, int]]:
     sorted order, as the training loader walks --data: hidden files and folders (".DS_Store", ".git",
     "._x.wav") and __MACOSX are skipped silently, files without an audio extension are skipped and counted.
     """
-    from crnn_jax.loaders import MAX_DEPTH, SKIP_DIRS
+    from crnn_jax.data.loaders import MAX_DEPTH, SKIP_DIRS
 
     files, skipped = [], {}
     for path in paths:

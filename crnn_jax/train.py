@@ -22,19 +22,19 @@ import time
 import jax
 import numpy as np
 
-from crnn_jax import augment as augment_lib
-from crnn_jax import checkpoint as ckpt_lib
+from crnn_jax.training import augment as augment_lib
+from crnn_jax.training import checkpoint as ckpt_lib
 from crnn_jax import config as config_lib
-from crnn_jax import data as data_lib
-from crnn_jax import distributed as dist
-from crnn_jax import feed as feed_lib
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.training import distributed as dist
+from crnn_jax.training import feed as feed_lib
 from crnn_jax import model as model_lib
-from crnn_jax import report
-from crnn_jax import selection
-from crnn_jax import steps as steps_lib
-from crnn_jax import workdir as workdir_lib
+from crnn_jax.training import report
+from crnn_jax.training import selection
+from crnn_jax.training import steps as steps_lib
+from crnn_jax.training import workdir as workdir_lib
 from crnn_jax.config import Config, ConfigError
-from crnn_jax.data import DataError
+from crnn_jax.data.dataset import DataError
 from crnn_jax.cli import HelpFormatter
 from crnn_jax.evaluate import Evaluator
 
@@ -62,7 +62,7 @@ def load_data(cfg: Config) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
         split = data_lib.random_split(ds.labels, test_fraction=cfg.test_fraction,
                                       valid_fraction=cfg.valid_fraction, seed=cfg.seed)
         return ds, split
-    from crnn_jax import loaders  # real audio: decoding, caching and split lists live there
+    from crnn_jax.data import loaders  # real audio: decoding, caching and split lists live there
 
     return loaders.load(cfg)
 

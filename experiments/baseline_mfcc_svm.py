@@ -33,9 +33,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crnn_jax import baseline  # noqa: E402
+from crnn_jax.kfold import baseline  # noqa: E402
 from crnn_jax.config import ConfigError  # noqa: E402
-from crnn_jax.data import DataError  # noqa: E402
+from crnn_jax.data.dataset import DataError  # noqa: E402
 
 # The reusable core (features, classifiers, scoring) lives in crnn_jax/baseline.py; crnn_jax.cv uses it too.
 run, segment_split_demo, song_features = baseline.run, baseline.segment_split_demo, baseline.song_features

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from crnn_jax import augment as A
+from crnn_jax.training import augment as A
 from crnn_jax import config as config_lib
 from crnn_jax import model as M
-from crnn_jax import steps as S
+from crnn_jax.training import steps as S
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 ON = A.Settings(time_masks=2, time_mask_frames=5, freq_masks=2, freq_mask_bins=10, mixup_alpha=0.4,

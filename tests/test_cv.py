@@ -13,9 +13,9 @@ import soundfile as sf
 
 from conftest import ROOT
 from crnn_jax import cv
-from crnn_jax import cv_summary
-from crnn_jax import data as data_lib
-from crnn_jax import splits
+from crnn_jax.kfold import summary as cv_summary
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.data import splits
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 GENRES, SONGS, K = 3, 5, 2

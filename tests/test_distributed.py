@@ -233,7 +233,8 @@ def test_a_taken_coordinator_port_is_named(tmp_path):
     (["--init-timeout", "0"], "--init-timeout must be > 0"),
 ])
 def test_bad_launch_flags_are_config_errors(args, message):
-    from crnn_jax import distributed, train
+    from crnn_jax import train
+    from crnn_jax.training import distributed
     from crnn_jax.config import ConfigError
 
     with pytest.raises(ConfigError) as e:
@@ -245,8 +246,8 @@ def test_each_process_feeds_exactly_its_devices_rows_of_the_global_batch():
     # 4 devices in all: processes owning devices {0, 1} and {2, 3} together build the batches of one process
     # owning all 4 (checked for the streamed feed, crops included, and the resident one's indices).
     from crnn_jax import config as config_lib
-    from crnn_jax import data as data_lib
-    from crnn_jax import feed as feed_lib
+    from crnn_jax.data import dataset as data_lib
+    from crnn_jax.training import feed as feed_lib
 
     rng = np.random.default_rng(1)
     ds = data_lib.Dataset(audio=rng.integers(-3000, 3000, (6, 900)).astype(np.int16), lengths=np.full(6, 900),
@@ -266,8 +267,8 @@ def test_each_process_feeds_exactly_its_devices_rows_of_the_global_batch():
 
 def test_fingerprints_name_what_differs_and_ignore_host_local_paths():
     from crnn_jax import config as config_lib
-    from crnn_jax import data as data_lib
-    from crnn_jax import distributed
+    from crnn_jax.data import dataset as data_lib
+    from crnn_jax.training import distributed
 
     ds = data_lib.Dataset(audio=np.zeros((4, 10), np.int16), lengths=np.full(4, 10), labels=np.array([0, 1, 0, 1]),
                           names=("a", "b", "c", "d"), class_names=("x", "y"), sample_rate=1000)
@@ -295,7 +296,7 @@ def test_fingerprints_name_what_differs_and_ignore_host_local_paths():
     ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, None),  # a pod that is no indexed Job's
 ])
 def test_cluster_detection(monkeypatch, env, found):
-    from crnn_jax import distributed
+    from crnn_jax.training import distributed
 
     for var in ["SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
                 "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX"]:
@@ -307,7 +308,7 @@ def test_cluster_detection(monkeypatch, env, found):
 
 def test_cached_synthetic_audio_is_memory_mapped(tmp_path):
     # A streaming process then reads only the pages of the crops it slices, not the whole set.
-    from crnn_jax import data as data_lib
+    from crnn_jax.data import dataset as data_lib
 
     kw = dict(clips_per_class=3, seconds=0.25, sample_rate=8000, seed=3, cache=str(tmp_path))
     built, cached = data_lib.synthetic(**kw), data_lib.synthetic(**kw)

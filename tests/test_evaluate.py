@@ -12,7 +12,7 @@ from conftest import SMOKE, snapshot
 from crnn_jax import config as config_lib
 from crnn_jax import evaluate as eval_lib
 from crnn_jax import export as export_lib
-from crnn_jax import synth
+from crnn_jax.data import synth
 from crnn_jax import train as train_lib
 
 GENRES = ("four_on_floor", "rising_arpeggio", "fm_bells")

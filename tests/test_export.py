@@ -12,7 +12,7 @@ import soundfile as sf
 
 from crnn_jax import export as export_lib
 from crnn_jax import predict as predict_lib
-from crnn_jax import synth
+from crnn_jax.data import synth
 
 
 @pytest.fixture(scope="module")

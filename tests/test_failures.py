@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from crnn_jax import checkpoint as ckpt_lib
+from crnn_jax.training import checkpoint as ckpt_lib
 from crnn_jax import config as config_lib
-from crnn_jax import data as data_lib
-from crnn_jax import report
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.training import report
 from crnn_jax import train as train_lib
 from crnn_jax.config import Config, ConfigError
 

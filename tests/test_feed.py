@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from conftest import ROOT
 from crnn_jax import config as config_lib
-from crnn_jax import data as data_lib
-from crnn_jax import feed as feed_lib
-from crnn_jax import steps as steps_lib
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.training import feed as feed_lib
+from crnn_jax.training import steps as steps_lib
 from crnn_jax import train as train_lib
 
 

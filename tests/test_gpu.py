@@ -14,7 +14,7 @@ import pytest
 
 from crnn_jax import model as M
 from crnn_jax import ops
-from crnn_jax import steps
+from crnn_jax.training import steps
 from crnn_jax.config import Config
 
 

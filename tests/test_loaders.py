@@ -14,10 +14,11 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, SHARED, run_module
-from crnn_jax import data as data_lib
-from crnn_jax import loaders, splits
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.data import loaders
+from crnn_jax.data import splits
 from crnn_jax.config import Config
-from crnn_jax.data import DataError
+from crnn_jax.data.dataset import DataError
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 SAMPLE = os.path.join(SHARED, "gtzan-sample")
@@ -428,7 +429,7 @@ def test_train_end_to_end_from_the_real_sample(tmp_path):
 
 @pytest.mark.parametrize("save", ["npy", "npz"])
 def test_a_failed_cache_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, save):
-    from crnn_jax import data as data_lib
+    from crnn_jax.data import dataset as data_lib
 
     path = str(tmp_path / f"cache.{save}")
     write = (lambda a: data_lib.save_npy_atomic(path, a)) if save == "npy" else \

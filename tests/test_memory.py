@@ -14,7 +14,12 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from conftest import ROOT
-from crnn_jax import bench_memory, data, decode, feed, loaders, steps
+from crnn_jax.benchmarks import memory as bench_memory
+from crnn_jax.data import dataset as data
+from crnn_jax.data import decode
+from crnn_jax.training import feed
+from crnn_jax.data import loaders
+from crnn_jax.training import steps
 
 
 def _env():

@@ -299,7 +299,7 @@ def test_decoupled_weight_decay_matches_its_formula_and_leaves_velocity_alone():
 
 
 def test_make_optimizer_off_is_algorithm_8_6_and_warmup_values():
-    from crnn_jax import steps as S
+    from crnn_jax.training import steps as S
     from crnn_jax.config import Config
 
     params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}

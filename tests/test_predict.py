@@ -11,13 +11,13 @@ import pytest
 import soundfile as sf
 
 from conftest import ROOT, run_module, snapshot
-from crnn_jax import data as data_lib
+from crnn_jax.data import dataset as data_lib
 from crnn_jax import evaluate as eval_lib
 from crnn_jax import model as model_lib
 from crnn_jax import predict as predict_lib
-from crnn_jax import report
-from crnn_jax import steps as steps_lib
-from crnn_jax import synth
+from crnn_jax.training import report
+from crnn_jax.training import steps as steps_lib
+from crnn_jax.data import synth
 
 
 

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SHARED
-from crnn_jax import loaders, splits
+from crnn_jax.data import loaders
+from crnn_jax.data import splits
 from crnn_jax.config import Config, ConfigError
-from crnn_jax.data import DataError, Dataset
+from crnn_jax.data.dataset import DataError, Dataset
 
 GENRES = splits.GTZAN_GENRES
 LISTS = splits.filtered_lists()

@@ -1,4 +1,4 @@
-"""Tests for crnn_jax.synth: purity, ranges, bad input, and that the "temporal-only" class pairs really share
+"""Tests for crnn_jax.data.synth: purity, ranges, bad input, and that the "temporal-only" class pairs really share
 their long-term spectra while a simple time-aware feature separates them. numpy only (no other project module)."""
 
 import functools
@@ -6,7 +6,7 @@ import functools
 import numpy as np
 import pytest
 
-from crnn_jax import synth
+from crnn_jax.data import synth
 
 SR = 22050
 PAIRS = {(2, 3): "pitch_direction", (4, 5): "loudness_direction", (6, 7): "stab_kick_coincidence"}

@@ -1,9 +1,7 @@
-"""The PyTorch twin (experiments/torch_reference.py) computes what crnn_jax computes: same log-mel, same
+"""The PyTorch twin (crnn_jax/benchmarks/torch_reference.py) computes what crnn_jax computes: same log-mel, same
 logits from shared weights, same training-mode forward, BatchNorm averages and Algorithm 8.6 steps.
 Skipped without torch."""
 
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +12,10 @@ torch = pytest.importorskip("torch", reason="torch is optional (pip install torc
 
 from crnn_jax import mel  # noqa: E402
 from crnn_jax import model as M  # noqa: E402
-from crnn_jax import steps  # noqa: E402
+from crnn_jax.training import steps  # noqa: E402
 from crnn_jax.config import Config  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("torch_reference", os.path.join(ROOT, "experiments", "torch_reference.py"))
-TR = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(TR)
+from crnn_jax.benchmarks import torch_reference as TR  # noqa: E402
 
 
 def audio(batch, samples, seed=0):

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import ROOT, run_module
 from crnn_jax import config as config_lib
-from crnn_jax import data as data_lib
-from crnn_jax import report
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.training import report
 from crnn_jax import train as train_lib
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
@@ -164,7 +164,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     cfg = smoke_config(tmp_path, max_steps=8, checkpoint_every=2, log_every=1)
     with pytest.raises(train_lib.Diverged, match=r"non-finite loss at step 5.*checkpoint \(step 4\)"):
         train_lib.train(cfg, log=lambda *_: None)
-    from crnn_jax.checkpoint import Checkpointer
+    from crnn_jax.training.checkpoint import Checkpointer
 
     ck = Checkpointer(os.path.join(cfg.workdir, "checkpoints"))
     assert ck.latest_step() == 4
@@ -217,7 +217,7 @@ def test_time_to_accuracy_is_the_first_crossing():
 
 
 def test_best_selection_on_a_constructed_history():
-    from crnn_jax.selection import Best
+    from crnn_jax.training.selection import Best
 
     rows = [{"step": 2, "eval_accuracy": 0.5, "eval_loss": 1.0}, {"step": 2, "train_loss": 9.0},
             {"step": 4, "eval_accuracy": 0.7, "eval_loss": 1.2}, {"step": 6, "eval_accuracy": 0.7, "eval_loss": 0.9},

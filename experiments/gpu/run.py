@@ -42,9 +42,13 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crnn_jax import bench_mel, bench_train, config as config_lib, data as data_lib, mel, synth  # noqa: E402
+from crnn_jax import config as config_lib, mel  # noqa: E402
+from crnn_jax.benchmarks import mel_speed as bench_mel
+from crnn_jax.benchmarks import train_step as bench_train
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.data import synth
 from crnn_jax import train as train_lib  # noqa: E402
-from crnn_jax.bench_common import device_info, peak_flops  # noqa: E402
+from crnn_jax.benchmarks.common import device_info, peak_flops  # noqa: E402
 import gpu_report as report_lib  # noqa: E402
 
 STAGES = ("tests", "mel", "epoch_gtzan", "epoch_recipe", "profile", "train_fp32", "train_default", "train_bf16",

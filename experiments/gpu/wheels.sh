@@ -6,7 +6,7 @@
 # The machine (Python 3.12, x86-64) already has jax 0.11 + CUDA 13, flax, optax, orbax, torch 2.11, scipy,
 # matplotlib, tqdm, pytest, hypothesis, scikit-learn, numba, joblib, msgpack (see the device tool's KINDS.md).
 # The GPU script itself needs none of the wheels below: soundfile (with cffi, pycparser) is carried so that
-# crnn_jax.loaders imports there; --librosa adds librosa and the dependencies the machine lacks.
+# crnn_jax.data.loaders imports there; --librosa adds librosa and the dependencies the machine lacks.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 names=(soundfile==0.13.1 cffi==2.0.0 pycparser==2.23)

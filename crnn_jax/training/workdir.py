@@ -174,7 +174,7 @@ def _flag_of(path: str, cfg: Config | None) -> str:
     """The flag that decides where `path` lives: --workdir, --cache-dir or --data."""
     if cfg is None or not path:
         return "--workdir"
-    from crnn_jax import data  # the cache's location: $CRNN_JAX_CACHE or ~/.cache/crnn_jax by default
+    from crnn_jax.data import dataset as data  # the cache's location: $CRNN_JAX_CACHE or ~/.cache/crnn_jax by default
 
     full = os.path.abspath(str(path))
     for flag, root in (("--workdir", cfg.resolved_workdir()), ("--cache-dir", data.cache_dir(cfg.cache_dir)),

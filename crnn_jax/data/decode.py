@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from crnn_jax.data import DataError
+from crnn_jax.data.dataset import DataError
 
 BLOCK_FRAMES = 1 << 18  # frames per soundfile read: ~6 s at 44.1 kHz, 2 MiB of float32 stereo
 # libsndfile's header log says "data : 88200 (should be 44078)" when the file ends early.

@@ -34,7 +34,7 @@ from torch import nn
 
 from crnn_jax import mel as mel_lib
 from crnn_jax import model as model_lib
-from crnn_jax.data import INT16_SCALE
+from crnn_jax.data.dataset import INT16_SCALE
 
 BN_EPS = 1e-5  # flax's default
 BN_MOMENTUM = 1.0 - model_lib.BN_MOMENTUM  # torch weights the new batch statistic, flax the old average
@@ -171,7 +171,7 @@ def load_flax_variables(net: TorchCRNN, variables: dict[str, Any]) -> TorchCRNN:
 
 
 class TorchTrainStep:
-    """One training step of `net` with Algorithm 8.6, like crnn_jax.steps' train_step on one device.
+    """One training step of `net` with Algorithm 8.6, like crnn_jax.training.steps' train_step on one device.
 
     step(crops int16 [batch, samples], gains float32 [batch], labels int64 [batch]) -> (loss, accuracy)
     as 0-d tensors (not synchronised: call .item() or torch.cuda.synchronize() to wait).

@@ -19,10 +19,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from crnn_jax import augment as augment_lib
+from crnn_jax.training import augment as augment_lib
 from crnn_jax import model as model_lib
 from crnn_jax import optim
-from crnn_jax.data import INT16_SCALE
+from crnn_jax.data.dataset import INT16_SCALE
 
 AXIS = "batch"  # the pmap axis shared by BatchNorm, the gradient pmean and the metrics pmean
 

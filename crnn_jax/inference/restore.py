@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import jax
 
-from crnn_jax import checkpoint as ckpt_lib
+from crnn_jax.training import checkpoint as ckpt_lib
 from crnn_jax import model as model_lib
-from crnn_jax import steps as steps_lib
+from crnn_jax.training import steps as steps_lib
 from crnn_jax.config import Config, ConfigError
 
 

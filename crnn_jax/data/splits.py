@@ -2,7 +2,7 @@
 
     random               stratified per genre: test_fraction and valid_fraction of each genre's songs
     fault-filtered       Kereliuk, Sturm & Larsen's artist-filtered GTZAN split (443/197/290 songs, shipped
-                         in crnn_jax/splits/*_filtered.txt): no artist on two sides, 70 faulty clips dropped
+                         in crnn_jax/data/lists/*_filtered.txt): no artist on two sides, 70 faulty clips dropped
     kfold:K              stratified K folds of songs; --fold i (0 <= i < K) is the test fold
     /a/folder            train.txt, test.txt and optionally valid.txt in it, one song path per line
 
@@ -23,9 +23,9 @@ import sys
 
 import numpy as np
 
-from crnn_jax import data
+from crnn_jax.data import dataset as data
 from crnn_jax.config import ConfigError
-from crnn_jax.data import DataError
+from crnn_jax.data.dataset import DataError
 
 PARTS = ("train", "valid", "test")
 AUDIO_EXTS = (".wav", ".au", ".flac", ".ogg", ".mp3")
@@ -128,7 +128,7 @@ def parse_list(text: str) -> list[str]:
 
 def filtered_lists() -> dict[str, list[str]]:
     """The fault-filtered GTZAN split shipped with the package -> {"train", "valid", "test"}: song paths."""
-    root = importlib.resources.files("crnn_jax").joinpath("splits")
+    root = importlib.resources.files("crnn_jax.data").joinpath("lists")
     return {k: parse_list(root.joinpath(f"{k}_filtered.txt").read_text()) for k in PARTS}
 
 

@@ -34,6 +34,7 @@ Simpler still: extract the archive and pass the folder.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -44,8 +45,10 @@ import warnings
 
 import numpy as np
 
-from crnn_jax import data, decode, splits
-from crnn_jax.data import DataError
+from crnn_jax.data import dataset as data
+from crnn_jax.data import decode
+from crnn_jax.data import splits
+from crnn_jax.data.dataset import DataError
 
 AUDIO_EXTS = splits.AUDIO_EXTS
 CACHE_VERSION = 2  # bump when decoding or the layout changes, so old caches are not reused (2: songs end to end)
@@ -111,7 +114,7 @@ def load_folder(path: str, *, sample_rate: int, cache: str = "") -> data.Dataset
     t0 = time.time()
     got = _read_cache(cache_path, songs, sample_rate, fingerprint.hexdigest())
     if got is not None:
-        ds, skipped = got
+        ds, skipped = dataclasses.replace(got[0], root=groot), got[1]
         _say(f"{len(ds)} songs, {len(ds.class_names)} genres from {groot} (cached, {time.time() - t0:.1f} s)"
              + (f"; {len(skipped)} bad file(s) were skipped (first: {skipped[0][1]})" if skipped else ""))
         return ds
@@ -272,7 +275,7 @@ def _decode_folder(groot: str, songs: list[str], sample_rate: int, n_bytes: int,
         audio = sink.finish(int(sum(lengths)))
     finally:
         sink.close()
-    ds = _assemble(audio, np.array(lengths, np.int64), names, sample_rate)
+    ds = dataclasses.replace(_assemble(audio, np.array(lengths, np.int64), names, sample_rate), root=groot)
     _say(f"{len(ds)} songs, {len(ds.class_names)} genres, {ds.lengths.sum() / sample_rate / 3600:.2f} h of audio "
          f"from {groot} ({time.time() - t0:.1f} s)")
     return ds, skipped

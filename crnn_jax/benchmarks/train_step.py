@@ -17,24 +17,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from crnn_jax import config as config_lib
-from crnn_jax import model, steps
-from crnn_jax.bench_common import device_info, peak_flops, sine_audio, versions
+from crnn_jax import model
+from crnn_jax.training import steps
+from crnn_jax.benchmarks.common import device_info, peak_flops, sine_audio, versions
 
 N_CLASSES = 10
 
 
 def torch_reference():
-    """experiments/torch_reference.py as a module (it sits beside the package in a checkout), or a reason."""
+    """The PyTorch twin (crnn_jax.benchmarks.torch_reference), or why not: torch is the optional [torch] extra."""
     try:
-        import torch  # noqa: F401
+        from crnn_jax.benchmarks import torch_reference as module
     except ImportError:
-        return None, "torch is not installed (pip install torch): timing jax only"
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                        "torch_reference.py")
-    if not os.path.isfile(path):
-        return None, f"{path} not found (run from a checkout): timing jax only"
-    spec = importlib.util.spec_from_file_location("torch_reference", path)
-    spec.loader.exec_module(module := importlib.util.module_from_spec(spec))
+        return None, "torch is not installed (pip install 'crnn_jax[torch]'): timing jax only"
     return module, None
 
 

@@ -1,11 +1,11 @@
-"""`python -m crnn_jax.bench_memory`: peak resident memory of training on a library of very uneven songs.
+"""`python -m crnn_jax.benchmarks.memory`: peak resident memory of training on a library of very uneven songs.
 
-    python -m crnn_jax.bench_memory make /tmp/lib               # 3 genres, wav/flac/ogg/mp3, 44.1 kHz stereo,
+    python -m crnn_jax.benchmarks.memory make /tmp/lib               # 3 genres, wav/flac/ogg/mp3, 44.1 kHz stereo,
                                                                 # 1 s .. 20 min, junk beside them
-    python -m crnn_jax.bench_memory run /tmp/lib                # train 2 smoke steps on it, report peak RSS
-    python -m crnn_jax.bench_memory run /tmp/lib --repo /work/main   # the same with another checkout
+    python -m crnn_jax.benchmarks.memory run /tmp/lib                # train 2 smoke steps on it, report peak RSS
+    python -m crnn_jax.benchmarks.memory run /tmp/lib --repo /work/main   # the same with another checkout
 
-`run` starts `python -m crnn_jax.train --config experiments/smoke.py --data LIB --split random --max-steps 2`
+`run` starts `python -m crnn_jax.train` with the smoke network's flags `--data LIB --split random --max-steps 2`
 (cwd: the repository, so its own crnn_jax is imported) with a fresh cache and workdir, and prints the
 training process's peak resident set (os.wait4's ru_maxrss: that child alone), the 'data placement'
 line. tests/test_memory.py uses the same library and measurement and asserts the bound.
@@ -92,10 +92,14 @@ def peak_rss(cmd: list[str], *, cwd: str, env: dict | None = None, timeout: floa
         return p.returncode, usage.ru_maxrss * 1024, out.read()
 
 
+# The smoke network (tests/conftest.py's SMOKE, experiments/smoke.py) as flags: no file of the checkout needed.
+SMOKE_FLAGS = ("--conv-channels", "8,16,16,16", "--set", "gru_units=8,8", "--crop-seconds", "1", "--batch-size", "8",
+               "--log-every", "1", "--checkpoint-every", "2")
+
+
 def train_command(data: str, workdir: str, cache: str) -> list[str]:
     """The measured command: two smoke steps on `data`, random split."""
-    return [sys.executable, "-m", "crnn_jax.train", "--config", os.path.join("experiments", "smoke.py"),
-            "--data", data, "--split", "random", "--max-steps", "2", "--workdir", workdir, "--cache-dir", cache]
+    return [sys.executable, "-m", "crnn_jax.train", *SMOKE_FLAGS, "--data", data, "--split", "random", "--max-steps", "2", "--workdir", workdir, "--cache-dir", cache]
 
 
 def placement_gib(output: str) -> float | None:
@@ -106,13 +110,13 @@ def placement_gib(output: str) -> float | None:
 
 def audio_bytes(root: str, names: list[str], sample_rate: int = 22050) -> int:
     """int16 bytes of the songs at the model rate, from their headers (2 bytes a sample)."""
-    from crnn_jax import decode
+    from crnn_jax.data import decode
 
     return 2 * sum(decode.frames_out(os.path.join(root, n), sample_rate) for n in names)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m crnn_jax.bench_memory", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m crnn_jax.benchmarks.memory", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     sub.add_parser("make", help="write the library").add_argument("dir")
     r = sub.add_parser("run", help="train on it and report peak RSS")

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crnn_jax import mel
-from crnn_jax.bench_common import device_info, peak_bandwidth, sine_audio, timed, versions
+from crnn_jax.benchmarks.common import device_info, peak_bandwidth, sine_audio, timed, versions
 
 
 def _librosa_log_mel(config):

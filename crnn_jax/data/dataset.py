@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from crnn_jax import synth
+from crnn_jax.data import synth
 
 INT16_SCALE = 32768.0  # int16 sample -> float in [-1, 1)
 
@@ -44,6 +44,8 @@ class Dataset:
     class_names: genre names, index = label.
     sample_rate: Hz.
     offsets: [n_songs] int64, first sample of each song in `audio`; None = songs back to back in order.
+    root: the folder the names are relative to (a genre root "<root>/<genre>/..."), "" when the songs are
+        not files (the synthetic set, TFDS); grouped splits read each song's tags from there.
 
     Given 2-D audio [n_songs, samples] (rows zero-padded past each length, the older layout), the rows
     are cut to their lengths and laid end to end. A crop never reads past its song: samples after a
@@ -57,6 +59,7 @@ class Dataset:
     class_names: tuple[str, ...]
     sample_rate: int
     offsets: np.ndarray | None = None
+    root: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.names)

@@ -18,8 +18,8 @@ from typing import Iterator
 import jax.numpy as jnp
 import numpy as np
 
-from crnn_jax import data as data_lib
-from crnn_jax import steps as steps_lib
+from crnn_jax.data import dataset as data_lib
+from crnn_jax.training import steps as steps_lib
 
 PLACEMENTS = ("auto", "device", "host")
 

@@ -26,12 +26,12 @@ import jax
 import numpy as np
 import scipy.fft
 
-from crnn_jax import data as data_lib
+from crnn_jax.data import dataset as data_lib
 from crnn_jax import mel as mel_lib
 from crnn_jax import model as model_lib
-from crnn_jax import report
+from crnn_jax.training import report
 from crnn_jax.config import Config, ConfigError
-from crnn_jax.data import DataError
+from crnn_jax.data.dataset import DataError
 
 N_MFCC = 20
 C_GRID = (1.0, 10.0, 100.0)
@@ -167,7 +167,7 @@ def segment_split_demo(folder: str, *, train_share: float = 0.7) -> dict:
     """The protocol a segment split implies, on a folder of genre sub-folders: each song's windows are
     split by time (the first `train_share` of them train, the rest test), so every test window has
     training windows from the same recording. -> {"window_accuracy", "song_accuracy", "n_songs", ...}."""
-    from crnn_jax import loaders
+    from crnn_jax.data import loaders
 
     cfg = Config(data=folder)  # the default front end and 3 s windows
     ds = loaders.load_folder(folder, sample_rate=cfg.sample_rate, cache=cfg.cache_dir)

@@ -13,7 +13,7 @@ import statistics
 
 import numpy as np
 
-from crnn_jax import report
+from crnn_jax.training import report
 from crnn_jax.config import Config
 
 
