@@ -27,7 +27,7 @@ _SUBCOMMANDS = {
 
 
 def main(argv=None):
-    from crnn_jax.cli import HelpFormatter  # every flag's help ends with its default
+    from crnn_jax.cmdline import HelpFormatter  # every flag's help ends with its default
 
     parser = argparse.ArgumentParser(prog="crnn-jax bench", description=__doc__.split("\n")[0],
                                      formatter_class=HelpFormatter)

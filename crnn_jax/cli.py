@@ -12,20 +12,9 @@ so `crnn-jax --help` starts without JAX.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Every flag's help ends with its default, unless the text already says it or there is none."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
-                and "default" not in text):
-            text += " (default: %(default)s)"
-        return text
 
 # command -> (module, one-line summary)
 COMMANDS = {

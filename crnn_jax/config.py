@@ -15,21 +15,29 @@ import math
 import os
 from typing import Any
 
+from crnn_jax.errors import ConfigError
+from crnn_jax.mel import MelConfig
+
 MODELS = ("crnn", "cnn")
 HEADS = ("softmax", "sigmoid")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
 AUTO_TIME_POOLS = (2, 3, 4, 4)  # = model.CHOI_TIME_POOLS: automatic time pools exist for this many blocks
 TEST_CHECKPOINTS = ("best", "last")
+GROUPINGS = ("", "artist", "album", "folder")
 
 
-class ConfigError(ValueError):
-    """A config value (from a preset, a flag or a saved config.json) that cannot be used."""
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    # --- data --------------------------------------------------------------------------------------
+class DataConfig:
+    """Where the songs come from and how they are split (crnn_jax.data)."""
+
     data: str = "synthetic"  # "synthetic", a folder of genre sub-folders, or "tfds:gtzan"
     split: str = "random"  # random | fault-filtered | kfold:K | a folder with train/valid/test.txt
     fold: int = 0  # which fold is the test fold with split="kfold:K"
@@ -37,16 +45,15 @@ class Config:
     test_fraction: float = 0.2  # random split: share of songs per class held out for test
     valid_fraction: float = 0.1  # random split: share of songs per class for validation (0: none)
     cache_dir: str = ""  # decoded-audio cache; "" = ~/.cache/crnn_jax
+    workers: int = 0  # processes decoding a folder into the cache; 0 = one per CPU core
     synth_clips_per_class: int = 100  # built-in data: clips per class
     synth_seconds: float = 8.0  # built-in data: clip length, s
-    # --- front end (mel.MelConfig) -------------------------------------------------------------------
-    sample_rate: int = 22050  # Hz; every file is resampled to this
-    n_fft: int = 1024  # samples
-    hop_length: int = 512  # samples
-    n_mels: int = 96
-    f_min: float = 0.0  # Hz
-    f_max: float = 11025.0  # Hz
-    # --- model ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network (crnn_jax.model)."""
+
     model: str = "crnn"  # crnn | cnn
     head: str = "softmax"  # softmax (cross-entropy) | sigmoid (the report's: 10 sigmoids, binary CE)
     conv_channels: tuple[int, ...] = (64, 128, 128, 128)  # Choi et al. 2017
@@ -58,26 +65,29 @@ class Config:
     final_dropout: float = 0.3
     dropout: float | None = None  # overrides every dropout rate when set (0 disables)
     precision: str = "fp32"  # fp32 | bf16 (bf16 convs/matmuls; fp32 params, optimizer, mel)
-    # --- optimisation (Algorithm 8.6) ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Algorithm 8.6 and its schedule (crnn_jax.optim, training.steps.make_optimizer)."""
+
     learning_rate: float = 1e-3  # the book's global learning rate epsilon
     lr_schedule: str = "constant"  # constant | cosine (cosine decay to 0 over the run)
     rms_decay: float = 0.9  # rho
     momentum: float = 0.9  # alpha
     eps: float = 1e-8  # inside the square root, as delta in the book's Algorithm 8.5
+    weight_decay: float = 0.0  # decoupled: theta <- theta + v - lr_t * weight_decay * theta, kernels only; 0 = off
+    warmup_steps: int = 0  # linear warm-up of the learning rate over this many steps (times the schedule); 0 = off
     batch_size: int = 32  # global, over all devices and processes
     epochs: int = 10  # an epoch = every training song once, one random crop each
     max_steps: int | None = None  # overrides epochs when set
-    crop_seconds: float = 3.0  # training/eval window, s
-    eval_hop_seconds: float | None = None  # hop between eval windows, s; None = crop_seconds
-    gain_db: float = 6.0  # random gain augmentation, uniform in +-gain_db dB
-    seed: int = 0
-    # Ensemble member: 0 trains with `seed` itself; m > 0 with another initialisation, crop, dropout and
-    # augmentation stream (train_seed) on the very same split (the split stays a function of `seed`).
-    member: int = 0
-    ensemble: int = 1  # crnn_jax.cv: members 0..ensemble-1 per fold, scored by their mean song log-probability
-    weight_decay: float = 0.0  # decoupled: theta <- theta + v - lr_t * weight_decay * theta, kernels only; 0 = off
-    warmup_steps: int = 0  # linear warm-up of the learning rate over this many steps (times the schedule); 0 = off
-    # --- augmentation (augment.py; inside the jitted step, a function of (seed, step); all off by default) ----
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentations inside the jitted step, functions of (seed, step) (training.augment); all off by default."""
+
+    gain_db: float = 6.0  # random gain, uniform in +-gain_db dB
     spec_time_masks: int = 0  # SpecAugment time masks per example (0 = off)
     spec_time_mask_frames: int = 8  # each time mask's width, uniform in [0, this] frames
     spec_freq_masks: int = 0  # SpecAugment frequency masks per example (0 = off)
@@ -86,7 +96,33 @@ class Config:
     label_smoothing: float = 0.0  # targets (1 - s) one-hot + s / n_classes (sigmoid head: + s / 2) (0 = off)
     eq_db: float = 0.0  # random EQ: a smooth per-mel-band gain curve within +-eq_db dB (0 = off)
     speed_change: float = 0.0  # pitch + tempo by resampling: playback rate in [1/(1+d), 1+d], log-uniform (0 = off)
-    # --- bookkeeping ---------------------------------------------------------------------------------
+
+    @property
+    def spec_masks(self) -> bool:
+        return ((self.spec_time_masks > 0 and self.spec_time_mask_frames > 0)
+                or (self.spec_freq_masks > 0 and self.spec_freq_mask_bins > 0))
+
+    @property
+    def soft_targets(self) -> bool:
+        return self.mixup_alpha > 0 or self.label_smoothing > 0
+
+    @property
+    def active(self) -> bool:
+        """Anything beyond the random gain is on (else the step is the plain one)."""
+        return self.spec_masks or self.soft_targets or self.eq_db > 0 or self.speed_change > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Seeds, windows and bookkeeping of one run (training.loop)."""
+
+    seed: int = 0
+    # Ensemble member: 0 trains with `seed` itself; m > 0 with another initialisation, crop, dropout and
+    # augmentation stream (train_seed) on the very same split (the split stays a function of `seed`).
+    member: int = 0
+    ensemble: int = 1  # crnn_jax.cv: members 0..ensemble-1 per fold, scored by their mean song log-probability
+    crop_seconds: float = 3.0  # training/eval window, s
+    eval_hop_seconds: float | None = None  # hop between eval windows, s; None = crop_seconds
     workdir: str = ""  # "" = runs/<model>-<data>-seed<seed> (+ -m<member> for member > 0)
     log_every: int = 20  # steps between train-metric lines
     eval_every: int = 0  # steps between validation passes; 0 = once per epoch
@@ -97,6 +133,16 @@ class Config:
     test_checkpoint: str = "best"  # best (by validation song accuracy; "last" when there is no validation split) | last
     early_stop_patience: int = 0  # stop after this many validation passes without a new best; 0 = off
 
+
+SECTIONS = (DataConfig, MelConfig, ModelConfig, OptimConfig, AugmentConfig, RunConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, DataConfig):
+    """The whole run: every field declared once, in its section (DataConfig, mel.MelConfig for the front end,
+    ModelConfig, OptimConfig, AugmentConfig, RunConfig), all reachable by name (`cfg.n_mels`, `Config(n_mels=64)`,
+    `--set n_mels=64`); a module takes its own section (`cfg.mel`, `cfg.augment`). Validated when built."""
+
     # ------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -104,6 +150,12 @@ class Config:
                 raise ConfigError(msg)
 
         need(self.model in MODELS, f"--model must be one of {MODELS}, got {self.model!r}")
+        need(self.group_by in GROUPINGS, f"--group-by must be one of {', '.join(g or '(none)' for g in GROUPINGS)}, "
+             f"got {self.group_by!r}")
+        need(isinstance(self.workers, int) and self.workers >= 0, f"--workers must be an integer >= 0 (0 = one per "
+             f"CPU core), got {self.workers!r}")
+        need(self.top_db is None or self.top_db >= 0, f"top_db must be >= 0 dB or None, got {self.top_db!r}")
+        need(self.power > 0, f"power must be > 0, got {self.power!r}")
         need(self.head in HEADS, f"--head must be one of {HEADS}, got {self.head!r}")
         need(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
@@ -170,6 +222,7 @@ class Config:
         need(self.hop_length <= self.n_fft, f"hop_length {self.hop_length} is longer than the FFT window "
              f"n_fft {self.n_fft}: audio between frames would be skipped; use hop_length <= n_fft")
         nyquist = self.sample_rate / 2
+        need(self.f_max is not None, "f_max must be a frequency in Hz (e.g. the Nyquist frequency), not None")
         need(0.0 <= self.f_min, f"f_min must be >= 0 Hz, got {self.f_min}")
         need(self.f_max <= nyquist, f"f_max {self.f_max} Hz is above the Nyquist frequency of sample_rate "
              f"{self.sample_rate} Hz; set f_max <= {nyquist:g}")
@@ -225,6 +278,24 @@ class Config:
             return self.seed
         digest = hashlib.sha256(f"crnn_jax member {self.seed} {self.member}".encode()).digest()
         return int.from_bytes(digest[:4], "little") >> 1
+
+    def section(self, cls: type) -> Any:
+        """This config's fields of one section (a SECTIONS class) as an instance of that section."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+    @property
+    def mel(self) -> MelConfig:
+        """The front-end section: what mel.log_mel_spectrogram and the model's front end take."""
+        return self.section(MelConfig)
+
+    @property
+    def augment(self) -> AugmentConfig:
+        """The augmentation section: what training.augment applies."""
+        return self.section(AugmentConfig)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field by name (config.json's content)."""
+        return json.loads(self.to_json())
 
     def conv_dropout_rate(self) -> float:
         return self.conv_dropout if self.dropout is None else self.dropout

@@ -1,4 +1,4 @@
-"""`python -m crnn_jax.cv`: k-fold evaluation by song, every fold and seed from one command, beside MFCC+SVM.
+"""`crnn-jax cv` (= `python -m crnn_jax.cv`): k-fold evaluation by song, every fold and seed from one command, beside MFCC+SVM.
 
     python -m crnn_jax.cv --config experiments/gtzan70.py --data ../shared/data/gtzan-70 --folds 5 --seeds 0,1 \
         --out runs/cv-crnn
@@ -11,7 +11,7 @@ Every (seed, fold) is one crnn_jax.train run in its own workdir OUT/seed<s>-fold
 --fold i --seed s: the songs of each genre are dealt to K folds (splits.kfold_split, shuffled by the seed,
 so every seed is another partition: repeated k-fold), fold i is the test part, and the validation songs
 (valid_fraction of each genre) come from the other K-1 folds, never from the test fold. Then the MFCC+SVM
-baseline (crnn_jax/baseline.py) is fitted on the same training songs, C chosen on the same validation songs,
+baseline (crnn_jax/kfold/baseline.py) is fitted on the same training songs, C chosen on the same validation songs,
 and scored on the same test songs (OUT/seed<s>-fold<i>/baseline_mfcc_svm.json).
 
 With ensemble=M (a Config field, so a preset can hold it) every fold trains M networks on the same
@@ -25,53 +25,31 @@ and between seeds (sample std of the per-seed means); the paired difference netw
 per seed, by song (an exact McNemar test over the songs only one of the two got right); the pooled confusion
 matrix over all test songs of all runs and per-genre recall from it (OUT/summary-confusion.png,
 OUT/summary-confusion-baseline.png); wall time per fold with the load average at its end
-(crnn_jax/cv_summary.py writes them). Folds keep songs apart, not artists: on GTZAN-like data a fold measures
+(crnn_jax/kfold/summary.py writes them; the driver is crnn_jax/kfold/driver.py). Folds keep songs apart, not artists: on GTZAN-like data a fold measures
 "a new song of a possibly known artist".
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-import typing
 
-import numpy as np
+from crnn_jax import cmdline
+from crnn_jax.errors import ConfigError
 
-from crnn_jax.kfold import baseline
-from crnn_jax import config as config_lib
-from crnn_jax.data import dataset as data_lib
-from crnn_jax.training import report
-from crnn_jax.data import splits
-from crnn_jax import train as train_lib
-from crnn_jax.training import workdir as workdir_lib
-from crnn_jax.config import Config, ConfigError
-from crnn_jax.kfold.summary import plus_minus, summarise, write
-from crnn_jax.data.dataset import DataError
-
-# The driver sets these per run; a user may not.
+PROG = "crnn_jax.cv"
+# The driver sets these per run (kfold.driver.OWNED, repeated here so that --help starts without JAX).
 OWNED = {"split": "--folds", "fold": "--folds", "seed": "--seeds", "workdir": "--out", "member": "--set ensemble=M"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the usage block
-        raise ConfigError(message)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m crnn_jax.cv", description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("--config", help="preset file, e.g. experiments/gtzan70.py")
-    p.add_argument("--folds", type=int, default=5, help="K of the k-fold split (default 5)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1 (default 0)")
+    p = cmdline.Parser("crnn-jax cv", __doc__.split("\n")[0].split(": ", 1)[1])
+    p.add_argument("--folds", type=int, default=5, help="K of the k-fold split")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1")
     p.add_argument("--out", help="folder for the fold workdirs and the summary (default runs/cv-<model>-<data>)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="sets",
-                   help="any Config field, e.g. --set conv_channels=32,64,64,64 (repeatable)")
     p.add_argument("--no-baseline", action="store_true", help="skip the MFCC+SVM baseline")
-    for flag, (field, typ) in train_lib.FLAGS.items():
-        if field not in OWNED:
-            p.add_argument(flag, type=typ, default=None, dest=field)
+    cmdline.add_training_flags(p, owned=OWNED)
     args = p.parse_args(argv)
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -84,218 +62,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def parse_set(item: str) -> tuple[str, typing.Any]:
-    """'field=value' -> (field, value) as config.parse_override parses it; ConfigError also for a field the
-    driver sets itself."""
-    field, value = config_lib.parse_override(item)
-    if field in OWNED:
-        raise ConfigError(f"--set {field}: the driver sets {field} itself (use {OWNED[field]})")
-    return field, value
-
-
-def base_config(args: argparse.Namespace) -> Config:
-    """The preset (or the CPU default), then the train flags, then the --set fields."""
-    base = config_lib.load_preset(args.config) if args.config else config_lib.default_config("cpu")
-    overrides = {f: getattr(args, f) for f, _ in train_lib.FLAGS.values() if getattr(args, f, None) is not None}
-    overrides.update(parse_set(s) for s in args.sets)
-    cfg = base.replace(**overrides)
-    if cfg.data == "synthetic":
-        raise ConfigError("--data: k-fold evaluation needs a folder of genre sub-folders (or tfds:gtzan); "
-                          "the built-in synthetic set has its own random split")
-    return cfg
-
-
-def run_config(cfg: Config, out: str, k: int, seed: int, fold: int, member: int = 0) -> Config:
-    """The one training run of (seed, fold, member): OUT/seed<s>-fold<i> for member 0, OUT/seed<s>-fold<i>-m<m>
-    for the other members of an ensemble (each a single network: ensemble=1 in its config.json)."""
-    name = f"seed{seed}-fold{fold}" + (f"-m{member}" if member else "")
-    return cfg.replace(split=f"kfold:{k}", fold=fold, seed=seed, member=member, ensemble=1,
-                       workdir=os.path.join(out, name))
-
-
-def _load(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def finished(cfg: Config) -> dict | None:
-    """results.json of a finished run of exactly this config, else None."""
-    wd = cfg.workdir
-    saved, new = _load(os.path.join(wd, "config.json")), json.loads(cfg.to_json())
-    saved = None if not isinstance(saved, dict) else {**workdir_lib.saved_defaults(), **saved}  # fields added since
-    same = saved is not None and all(saved.get(f) == v for f, v in new.items() if f not in ("workdir", "cache_dir"))
-    if not same:  # another config (train() refuses it in one line) or a longer run of this one (train() resumes)
-        return None
-    return _load(os.path.join(wd, "results.json"))
-
-
-def write_timing(path: str, wall: float, res: dict) -> None:
-    """OUT/seed<s>-fold<i>/cv_timing.json after a train() call of `wall` seconds. A call that resumed a run
-    an earlier call had timed (a longer schedule, or a finished run re-tested after a resumable config change)
-    adds its time to that record, and one that trained no step keeps the earlier load average, so a rerun
-    never replaces a fold's training time with the seconds of a re-test. A call that resumed a run stopped
-    before any record was written (killed mid-fold) adds the stopped segment's training seconds up to its
-    checkpoint (train_time.jsonl beside `path`) and marks the record `partial`: that segment's compiling and
-    lost steps are not known."""
-    resumed = res.get("resumed_from")
-    prev = _load(path) if resumed else None
-    same_steps = prev is not None and resumed == res.get("steps")
-    earlier = (prev or {}).get("wall_seconds", 0.0)
-    if resumed and prev is None:
-        rows = report.read_metrics(os.path.join(os.path.dirname(path), workdir_lib.TRAIN_TIME))
-        earlier = workdir_lib.train_seconds_at(rows, resumed)
-    record = {"wall_seconds": round(wall + earlier, 1), "train_seconds": res["train_seconds"],
-              "resumed_from": resumed,
-              "loadavg_1_5_15": prev["loadavg_1_5_15"] if same_steps else [round(x, 2) for x in os.getloadavg()]}
-    if (resumed and prev is None) or (prev or {}).get("partial"):
-        record["partial"] = True
-    with open(path, "w") as f:
-        json.dump(record, f)
-
-
-def train_member(rc: Config, tag: str, log) -> tuple[Config, dict]:
-    """Skip (finished before), resume or train one run -> (its config, its results.json)."""
-    res = finished(rc)
-    timing_path = os.path.join(rc.workdir, "cv_timing.json")
-    if res is not None:
-        log(f"{tag} done before: test accuracy {res['test_accuracy']:.4f} ({rc.workdir}/results.json)")
-        return rc, res
-    train_lib.check_workdir_config(rc.workdir, rc)  # a workdir of another config: one line, untouched
-    t0 = time.time()
-    res = train_lib.train(rc, log=lambda m: None if m.startswith("config:") else log(f"{tag} {m}"))
-    write_timing(timing_path, time.time() - t0, res)
-    return rc, res
-
-
-def fold_timing(records: list[dict | None]) -> dict | None:
-    """A fold's cv_timing over its members (one record each): seconds add up, the last load average stands;
-    None when a member has no record (trained by an older version, or killed before one was written)."""
-    if not records or any(r is None for r in records):
-        return None
-    if len(records) == 1:
-        return records[0]
-    out = {"wall_seconds": round(sum(r["wall_seconds"] for r in records), 1),
-           "train_seconds": sum(r["train_seconds"] for r in records), "resumed_from": None,
-           "loadavg_1_5_15": records[-1]["loadavg_1_5_15"]}
-    return {**out, "partial": True} if any(r.get("partial") for r in records) else out
-
-
-def member_song_log_probs(rc: Config, res: dict, ds: data_lib.Dataset, test: np.ndarray) -> np.ndarray:
-    """One member's test songs' mean window log-probabilities [S, C]: from its results.json, or (a run
-    written before results.json held them) by scoring its tested checkpoint again, as its test pass did."""
-    if "song_log_probs" in res["test"]:
-        return np.asarray(res["test"]["song_log_probs"], np.float64)
-    from crnn_jax import evaluate  # only for runs of older versions
-    from crnn_jax.inference import restore
-
-    _, _, state = restore.workdir_state(rc.workdir)
-    return np.asarray(evaluate.score(rc, state, ds, test)["song_log_probs"], np.float64)
-
-
-def ensemble_scores(members: list[tuple[Config, dict]], ds: data_lib.Dataset, test: np.ndarray) -> dict:
-    """The fold's ensemble: each test song's log-probabilities averaged over the members (each already
-    the mean over the song's windows), argmax -> the row's accuracy and confusion; the members' own
-    accuracies beside them, so the summary shows what averaging added."""
-    slp = np.mean([member_song_log_probs(rc, res, ds, test) for rc, res in members], axis=0)
-    labels, pred = ds.labels[test], slp.argmax(-1)
-    return {"accuracy": float((pred == labels).mean()), "correct": [bool(x) for x in pred == labels],
-            "confusion": report.confusion(labels, pred, len(ds.class_names)).tolist(),
-            "member_accuracies": [res["test_accuracy"] for _, res in members],
-            "member_workdirs": [rc.workdir for rc, _ in members]}
-
-
-def run_all(cfg: Config, out: str, k: int, seeds: list[int], *, with_baseline: bool = True, log=print) -> dict:
-    """Train (or skip, or resume) every (seed, fold), score the baseline on the same split, write the summary.
-    -> the summary dict (also OUT/summary.json)."""
-    os.makedirs(out, exist_ok=True)
-    runs, feats, ds0 = [], None, None
-    for seed in seeds:
-        # Load once per seed: the data and its class names; checks K before any training starts.
-        ds, _ = train_lib.load_data(run_config(cfg, out, k, seed, 0))
-        ds0 = ds if ds0 is None else ds0
-        for fold in range(k):
-            tag = f"[seed {seed} fold {fold}/{k}]"
-            members = [train_member(run_config(cfg, out, k, seed, fold, m),
-                                    tag[:-1] + f" member {m}]" if cfg.ensemble > 1 else tag, log)
-                       for m in range(cfg.ensemble)]
-            rc, res = members[0]
-            split = splits.make_split(rc, ds)
-            test_names = [ds.names[i] for i in split["test"]]
-            for rc_m, res_m in members:
-                if test_names != res_m["test_songs"]:
-                    raise DataError(f"{rc_m.workdir}: its test songs are not fold {fold}'s of --seeds {seed} on this "
-                                    f"data (the data folder changed?); use another --out")
-            row = {"seed": seed, "fold": fold, "workdir": rc.workdir, "accuracy": res["test_accuracy"],
-                   "n_test": res["n_test"], "confusion": res["test"]["confusion"],
-                   "n_train": len(split["train"]), "n_valid": len(split["valid"]),
-                   "timing": fold_timing([_load(os.path.join(m.workdir, "cv_timing.json")) for m, _ in members])}
-            labels = ds.labels[split["test"]]
-            row["correct"] = [bool(x) for x in np.asarray(res["test"]["song_predictions"]) == labels]
-            if cfg.ensemble > 1:
-                row.update(ensemble_scores(members, ds, split["test"]))
-            for key in ("tested_checkpoint", "tested_step", "stopped_early_at"):  # which state was tested
-                row[key] = res.get(key)
-            if with_baseline:
-                path = os.path.join(rc.workdir, "baseline_mfcc_svm.json")
-                b = _load(path)
-                if b is None or b.get("test_songs") != test_names:
-                    if feats is None:  # the features of a song do not depend on the split: compute them once
-                        t0 = time.time()
-                        feats = baseline.song_features(cfg, ds, np.arange(len(ds)))
-                        log(f"MFCC features of {len(ds)} songs ({time.time() - t0:.1f} s)")
-                    b = {"workdir": rc.workdir, "data": cfg.data, "split": rc.split, "fold": fold, "seed": seed,
-                         "test_songs": test_names, **baseline.evaluate(ds, split, feats)}
-                    with open(path, "w") as f:
-                        json.dump(b, f, indent=1)
-                row["baseline"] = {"accuracy": b["test_accuracy"], "accuracy_songs": b["test_accuracy_songs"],
-                                   "confusion": b["confusion_windows"], "C": b["C_windows"],
-                                   "correct": [bool(x) for x in np.asarray(b["test_predictions"]) == labels]}
-                log(f"{tag} {cfg.model.upper()}{f' ensemble of {cfg.ensemble}' if cfg.ensemble > 1 else ''} "
-                    f"{row['accuracy']:.4f}, MFCC+SVM {b['test_accuracy']:.4f} "
-                    f"({row['n_test']} test songs)")
-            runs.append(row)
-            summary = summarise(cfg, k, seeds, runs, ds0.class_names)
-            write(summary, out)  # after every run: an interrupted evaluation leaves a (partial) summary
-    return summary
-
-
-def _compilation_cache(cfg: Config) -> None:
-    """Folds of one seed compile the same programs: keep them on disk (beside the decoded-audio cache) so
-    folds 2..K, and a rerun, load instead of compiling. $JAX_COMPILATION_CACHE_DIR, when set, wins."""
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", os.path.join(data_lib.cache_dir(cfg.cache_dir), "xla"))
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
+    out = None
+
+    def work() -> None:
+        nonlocal out
         args = parse_args(argv)
-        cfg = base_config(args)
-        _compilation_cache(cfg)
+        cfg = cmdline.config_of(args, lambda: "cpu", owned=OWNED)
+        if cfg.data == "synthetic":
+            raise ConfigError("--data: k-fold evaluation needs a folder of genre sub-folders (or tfds:gtzan); "
+                              "the built-in synthetic set has its own random split")
+        if not args.no_baseline:  # checked before any fold trains: the baseline needs scikit-learn
+            try:
+                import sklearn  # noqa: F401
+            except ImportError:
+                raise ConfigError("the MFCC+SVM baseline needs scikit-learn: pip install 'crnn_jax[kfold]', or pass "
+                                  "--no-baseline") from None
+        from crnn_jax.kfold import driver
+        from crnn_jax.kfold.summary import plus_minus as pm
+
+        driver.compilation_cache(cfg)
         out = args.out or os.path.join("runs", f"cv-{cfg.model}-{os.path.basename(os.path.normpath(cfg.data))}")
-        s = run_all(cfg, out, args.folds, args.seeds, with_baseline=not args.no_baseline)
-    except (ConfigError, DataError) as e:
-        print(f"crnn_jax.cv: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. a full disk or an unwritable --out
-        print(f"crnn_jax.cv: error: {e.strerror or e}: {e.filename or ''}; free space or choose another --out",
-              file=sys.stderr)
-        return 2
-    except train_lib.Diverged as e:
-        print(f"crnn_jax.cv: stopped: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("crnn_jax.cv: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    pm = plus_minus
-    print(f"{s['model'].upper()} {pm(s['network'])}"
-          + (f"; MFCC+SVM {pm(s['baseline'])}; difference {pm(s['difference'])}" if "baseline" in s else "")
-          + f"; summary in {os.path.join(out, 'summary.md')}")
-    return 0
+        s = driver.run_all(cfg, out, args.folds, args.seeds, with_baseline=not args.no_baseline)
+        print(f"{s['model'].upper()} {pm(s['network'])}"
+              + (f"; MFCC+SVM {pm(s['baseline'])}; difference {pm(s['difference'])}" if "baseline" in s else "")
+              + f"; summary in {os.path.join(out, 'summary.md')}")
+
+    return cmdline.run(PROG, work, places=lambda: [("--out", out or "runs")],
+                       interrupted="run the same command again to resume")
 
 
 if __name__ == "__main__":

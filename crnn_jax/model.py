@@ -169,23 +169,17 @@ class CNN(_Classifier):
         return self._output(self._conv_features(audio, train, augment).mean(axis=(1, 2)), train)  # [batch, channels]
 
 
-def mel_config_of(cfg) -> mel.MelConfig:
-    """The front-end settings of a `config.Config`."""
-    return mel.MelConfig(sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-                         n_mels=cfg.n_mels, f_min=cfg.f_min, f_max=cfg.f_max)
-
-
 def time_pools_of(cfg) -> tuple[int, ...]:
     """The time pools a `config.Config` asks for, chosen from its crop length when not given."""
     if cfg.time_pools:
         return tuple(cfg.time_pools)
-    n_frames = mel_config_of(cfg).n_frames(cfg.crop_samples)
+    n_frames = cfg.mel.n_frames(cfg.crop_samples)
     return auto_time_pools(n_frames, cfg.min_gru_steps, CHOI_TIME_POOLS[: len(cfg.conv_channels)])
 
 
 def build_model(cfg, n_classes: int, *, axis_name: str | None = None) -> nn.Module:
     """The CRNN or CNN a `config.Config` describes; axis_name is the pmap axis for BatchNorm."""
-    common = dict(n_classes=n_classes, mel_config=mel_config_of(cfg), time_pools=time_pools_of(cfg),
+    common = dict(n_classes=n_classes, mel_config=cfg.mel, time_pools=time_pools_of(cfg),
                   conv_channels=tuple(cfg.conv_channels), freq_pools=tuple(cfg.freq_pools),
                   conv_dropout=cfg.conv_dropout_rate(), final_dropout=cfg.final_dropout_rate(),
                   axis_name=axis_name, dtype=jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32)

@@ -15,6 +15,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
+from crnn_jax.training import loop  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -46,10 +47,9 @@ def smoke_run(tmp_path_factory) -> str:
     """The workdir of one smoke-preset training run, shared by the whole session. Tests only read it
     (test_predict snapshots it to prove that); a test that needs to damage one copies it first."""
     from crnn_jax import config as config_lib
-    from crnn_jax import train as train_lib
 
     cfg = config_lib.load_preset(SMOKE).replace(workdir=str(tmp_path_factory.mktemp("smoke") / "run"))
-    train_lib.train(cfg, log=lambda *_: None)
+    loop.train(cfg, log=lambda *_: None)
     return cfg.workdir
 
 

@@ -14,10 +14,11 @@ from crnn_jax.training import augment as A
 from crnn_jax import config as config_lib
 from crnn_jax import model as M
 from crnn_jax.training import steps as S
+from crnn_jax.config import AugmentConfig
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
-ON = A.Settings(time_masks=2, time_mask_frames=5, freq_masks=2, freq_mask_bins=10, mixup_alpha=0.4,
-                label_smoothing=0.1, eq_db=6.0)
+ON = AugmentConfig(spec_time_masks=2, spec_time_mask_frames=5, spec_freq_masks=2, spec_freq_mask_bins=10,
+                   mixup_alpha=0.4, label_smoothing=0.1, eq_db=6.0)
 
 
 # Jitted once each: op-by-op dispatch would compile every primitive separately.
@@ -105,19 +106,19 @@ def test_a_function_of_seed_step_and_example_only():
     lam = [np.asarray(mixup(keys(s), a, 0.4)[2]) for s in (5, 5, 6)]
     assert np.array_equal(lam[0], lam[1]) and not np.array_equal(lam[0], lam[2])
     # Streams are separate: masks do not depend on whether mixup or EQ is on.
-    only_masks = A.Settings(time_masks=2, time_mask_frames=5, freq_masks=2, freq_mask_bins=10)
+    only_masks = AugmentConfig(spec_time_masks=2, spec_time_mask_frames=5, spec_freq_masks=2, spec_freq_mask_bins=10)
     np.testing.assert_array_equal(spec_mask(keys(5), 40, 32, only_masks), same[0])
 
 
 def test_off_is_exact_identity():
-    assert not A.settings_of(config_lib.Config()).active
-    off = A.Settings(time_masks=0, time_mask_frames=8, freq_masks=0, freq_mask_bins=8)
+    assert not config_lib.Config().augment.active
+    off = AugmentConfig(spec_time_masks=0, spec_time_mask_frames=8, spec_freq_masks=0, spec_freq_mask_bins=8)
     assert not off.active and not np.asarray(spec_mask(keys(1), 40, 32, off)).any()
     assert not np.asarray(eq_curve(keys(1), 32, 0.0)).any()
     audio = jnp.linspace(-0.5, 0.5, 3 * 200).reshape(3, 200)
     labels = jnp.array([0, 1, 2])
     out, targets, extra = A.apply(off, keys(1, n=3), audio, labels, n_classes=10, head="softmax",
-                                  n_frames=5, n_mels=16)
+                                  n_frames=5, n_mels=16, crop_samples=200)
     assert out is audio and targets is None and extra == {}
     # The front end given an all-False mask and 0 dB bands returns exactly what it returns without them.
     mc = M.mel.MelConfig(sample_rate=8000, n_fft=128, hop_length=64, n_mels=16, f_min=0.0, f_max=4000.0)
@@ -135,7 +136,7 @@ def test_off_is_exact_identity():
 
 def _step_on(n_devices, aug, cfg, net, tx, state, batch):
     """One train step with the batch split over n_devices "devices" (vmap with the pmap axis name)."""
-    step = S.make_train_step(net, tx, head=cfg.head, seed=cfg.seed, augment=aug)
+    step = S.make_train_step(net, tx, head=cfg.head, seed=cfg.seed, augment=aug, crop_samples=cfg.crop_samples)
     shard = {k: S.shard(v, n_devices) for k, v in batch.items()}
     new, metrics = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name=S.AXIS))(state, shard)
     return jax.tree.map(lambda x: np.asarray(x[0]), new), float(metrics["loss"][0])
@@ -163,13 +164,13 @@ def tiny():
         return done[n_devices, aug]
 
     run.cfg = cfg
-    run.on = dataclasses.replace(ON, speed_change=0.1, crop_samples=cfg.crop_samples)  # every augmentation
+    run.on = dataclasses.replace(ON, speed_change=0.1)  # every augmentation
     return run
 
 
 def test_train_step_off_is_the_plain_step_and_on_acts(tiny):
     plain_state, plain = tiny(1, None)
-    off_state, off = tiny(1, A.settings_of(tiny.cfg))
+    off_state, off = tiny(1, tiny.cfg.augment)
     assert off == plain
     jax.tree.map(np.testing.assert_array_equal, off_state, plain_state)
     assert tiny(1, ON)[1] != plain
@@ -179,15 +180,16 @@ def test_train_step_off_is_the_plain_step_and_on_acts(tiny):
 def test_each_augmentation_acts_alone():
     audio = jax.random.normal(jax.random.PRNGKey(1), (8, 400))
     labels = jnp.arange(8)
-    for field in ({"time_masks": 2, "time_mask_frames": 5}, {"freq_masks": 2, "freq_mask_bins": 10},
-                  {"mixup_alpha": 0.4}, {"label_smoothing": 0.1}, {"eq_db": 6.0},
-                  {"speed_change": 0.1, "crop_samples": 360}):
-        s = A.Settings(**field)
-        out, targets, extra = A.apply(s, keys(2), audio, labels, n_classes=10, head="softmax", n_frames=9, n_mels=32)
-        assert out.shape == (8, s.crop_samples or 400)
+    for field in ({"spec_time_masks": 2, "spec_time_mask_frames": 5}, {"spec_freq_masks": 2, "spec_freq_mask_bins": 10},
+                  {"mixup_alpha": 0.4}, {"label_smoothing": 0.1}, {"eq_db": 6.0}, {"speed_change": 0.1}):
+        s = AugmentConfig(**field)
+        crop = 360 if s.speed_change else 400  # a speed change reads more than the crop it gives
+        out, targets, extra = A.apply(s, keys(2), audio, labels, n_classes=10, head="softmax", n_frames=9, n_mels=32,
+                                      crop_samples=crop)
+        assert out.shape == (8, crop)
         changed = [name for name, on in (("audio", out is not audio), ("targets", targets is not None),
                                          ("spec_mask", "spec_mask" in extra), ("band_db", "band_db" in extra)) if on]
-        want = {"time_masks": ["spec_mask"], "freq_masks": ["spec_mask"], "mixup_alpha": ["audio", "targets"],
+        want = {"spec_time_masks": ["spec_mask"], "spec_freq_masks": ["spec_mask"], "mixup_alpha": ["audio", "targets"],
                 "label_smoothing": ["targets"], "eq_db": ["band_db"], "speed_change": ["audio"]}[next(iter(field))]
         assert changed == want, field
         if "spec_mask" in extra:

@@ -15,6 +15,7 @@ from crnn_jax import cli
 from crnn_jax import config as config_lib
 from crnn_jax import train as train_lib
 from crnn_jax.config import Config, ConfigError
+from crnn_jax import cmdline
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 
@@ -77,13 +78,13 @@ def test_help_lists_every_flag_with_its_default(command, capsys):
             assert f"default: {a.default}" in text or f"default {a.default}" in " ".join(a.help.split()) or \
                 "default" in a.help, a.option_strings
     if command == "train":
-        for flag, (field, _) in train_lib.FLAGS.items():
-            help_text = " ".join(train_lib.flag_help(field).split())
+        for flag, (field, _) in cmdline.FLAGS.items():
+            help_text = " ".join(cmdline.flag_help(field).split())
             assert flag in text and help_text in text, flag
             assert "default" in help_text, flag  # every training flag says what an unset flag means
         for flag, unit in (("--crop-seconds", ", s"), ("--eval-hop-seconds", ", s"), ("--sample-rate", "Hz"),
                            ("--gain-db", "dB"), ("--batch-size", "global")):
-            assert unit in train_lib.flag_help(train_lib.FLAGS[flag][0]), flag
+            assert unit in cmdline.flag_help(cmdline.FLAGS[flag][0]), flag
         assert "default without --config: 32,64,64,64 on CPU, 64,128,128,128 on GPU" in text
         assert "--set FIELD=VALUE" in text
 

@@ -16,6 +16,8 @@ from crnn_jax import cv
 from crnn_jax.kfold import summary as cv_summary
 from crnn_jax.data import dataset as data_lib
 from crnn_jax.data import splits
+from crnn_jax.kfold import driver
+from crnn_jax import cmdline
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 GENRES, SONGS, K = 3, 5, 2
@@ -199,18 +201,18 @@ def test_a_rerun_adds_to_a_folds_time_and_never_replaces_it(tmp_path):
     or a finished one re-tested after a resumable config change) adds its seconds to the record, and one that
     trained no step keeps the earlier load average instead of the re-test's."""
     path = str(tmp_path / "cv_timing.json")
-    cv.write_timing(path, 500.0, {"train_seconds": 480.0, "resumed_from": None, "steps": 1680})
+    driver.write_timing(path, 500.0, {"train_seconds": 480.0, "resumed_from": None, "steps": 1680})
     first = json.load(open(path))
     assert first["wall_seconds"] == 500.0 and len(first["loadavg_1_5_15"]) == 3
     first["loadavg_1_5_15"] = [9.0, 9.0, 9.0]  # mark it, to see whether a re-test keeps it
     json.dump(first, open(path, "w"))
-    cv.write_timing(path, 4.0, {"train_seconds": 480.0, "resumed_from": 1680, "steps": 1680})  # re-test only
+    driver.write_timing(path, 4.0, {"train_seconds": 480.0, "resumed_from": 1680, "steps": 1680})  # re-test only
     again = json.load(open(path))
     assert again["wall_seconds"] == 504.0 and again["loadavg_1_5_15"] == [9.0, 9.0, 9.0]
-    cv.write_timing(path, 300.0, {"train_seconds": 760.0, "resumed_from": 1680, "steps": 2520})  # longer schedule
+    driver.write_timing(path, 300.0, {"train_seconds": 760.0, "resumed_from": 1680, "steps": 2520})  # longer schedule
     longer = json.load(open(path))
     assert longer["wall_seconds"] == 804.0 and longer["loadavg_1_5_15"] != [9.0, 9.0, 9.0]
-    cv.write_timing(path, 7.0, {"train_seconds": 6.0, "resumed_from": None, "steps": 20})  # a fresh run replaces
+    driver.write_timing(path, 7.0, {"train_seconds": 6.0, "resumed_from": None, "steps": 20})  # a fresh run replaces
     assert json.load(open(path))["wall_seconds"] == 7.0
 
 
@@ -222,17 +224,17 @@ def test_a_fold_stopped_before_its_record_keeps_its_training_seconds_and_says_pa
     with open(tmp_path / "train_time.jsonl", "w") as f:
         for step, sec in ((100, 40.0), (200, 75.0), (300, 110.0)):  # steps 300+ were lost with the kill
             f.write(json.dumps({"step": step, "train_seconds": sec}) + "\n")
-    cv.write_timing(path, 250.0, {"train_seconds": 330.0, "resumed_from": 200, "steps": 1680})
+    driver.write_timing(path, 250.0, {"train_seconds": 330.0, "resumed_from": 200, "steps": 1680})
     rec = json.load(open(path))
     assert rec["wall_seconds"] == 325.0 and rec["partial"] is True
-    cv.write_timing(path, 4.0, {"train_seconds": 330.0, "resumed_from": 1680, "steps": 1680})  # re-test
+    driver.write_timing(path, 4.0, {"train_seconds": 330.0, "resumed_from": 1680, "steps": 1680})  # re-test
     again = json.load(open(path))
     assert again["wall_seconds"] == 329.0 and again["partial"] is True
     assert again["loadavg_1_5_15"] == rec["loadavg_1_5_15"]
     full = {"wall_seconds": 500.0, "train_seconds": 480.0, "resumed_from": None, "loadavg_1_5_15": [1, 1, 1]}
-    assert "partial" not in cv.fold_timing([full, full])
-    assert cv.fold_timing([full, json.load(open(path))])["partial"] is True
-    cv.write_timing(path, 7.0, {"train_seconds": 6.0, "resumed_from": None, "steps": 20})  # a fresh run
+    assert "partial" not in driver.fold_timing([full, full])
+    assert driver.fold_timing([full, json.load(open(path))])["partial"] is True
+    driver.write_timing(path, 7.0, {"train_seconds": 6.0, "resumed_from": None, "steps": 20})  # a fresh run
     assert "partial" not in json.load(open(path))
 
 
@@ -291,8 +293,8 @@ def test_ensemble_averages_members_song_log_probabilities(folder, tmp_path, caps
             json.dump(res, f)
         from crnn_jax import config as config_lib
         rc = config_lib.Config.from_dict(load(r["member_workdirs"][1], "config.json"))
-        ds, split = cv.train_lib.load_data(rc)
-        np.testing.assert_allclose(cv.member_song_log_probs(rc, res, ds, split["test"]), stored, rtol=1e-5, atol=1e-5)
+        ds, split = cv.loop.load_data(rc)
+        np.testing.assert_allclose(driver.member_song_log_probs(rc, res, ds, split["test"]), stored, rtol=1e-5, atol=1e-5)
     # A run saved before `member` and `ensemble` existed (member 0 here, without them) counts as their
     # defaults, which are the old behaviour: recognised as finished, and it would resume.
     wd = s["runs"][0]["workdir"]
@@ -300,11 +302,11 @@ def test_ensemble_averages_members_song_log_probabilities(folder, tmp_path, caps
     del old["member"], old["ensemble"]
     with open(os.path.join(wd, "config.json"), "w") as f:
         json.dump(old, f)
-    rc = cv.run_config(cv.base_config(cv.parse_args(args)), out, K, 0, 0)
-    assert cv.finished(rc) is not None
-    cv.train_lib.check_workdir_config(wd, rc)  # no "different config" refusal
+    rc = driver.run_config(cmdline.config_of(cv.parse_args(args), lambda: "cpu", owned=cv.OWNED), out, K, 0, 0)
+    assert driver.finished(rc) is not None
+    cv.workdir_lib.check(wd, rc)  # no "different config" refusal
     with pytest.raises(cv.ConfigError, match=r"different config \(member: 0 -> 1\)"):
-        cv.train_lib.check_workdir_config(wd, rc.replace(member=1))
+        cv.workdir_lib.check(wd, rc.replace(member=1))
     capsys.readouterr()
     assert cv.main(args) == 0  # nothing retrained; the re-scored members give the same ensemble
     assert capsys.readouterr().out.count("done before") == 2 * K

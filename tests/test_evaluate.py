@@ -13,7 +13,7 @@ from crnn_jax import config as config_lib
 from crnn_jax import evaluate as eval_lib
 from crnn_jax import export as export_lib
 from crnn_jax.data import synth
-from crnn_jax import train as train_lib
+from crnn_jax.training import loop
 
 GENRES = ("four_on_floor", "rising_arpeggio", "fm_bells")
 
@@ -36,7 +36,7 @@ def music(tmp_path_factory):
 def run(music, tmp_path_factory):
     cfg = config_lib.load_preset(SMOKE).replace(data=music, max_steps=8, eval_hop_seconds=0.5,
                                                 workdir=str(tmp_path_factory.mktemp("eval") / "run"))
-    results = train_lib.train(cfg, log=lambda *_: None)
+    results = loop.train(cfg, log=lambda *_: None)
     model = str(tmp_path_factory.mktemp("model") / "m.crnn")
     assert export_lib.main(["--workdir", cfg.workdir, "--out", model]) == 0
     return cfg.workdir, results, model

@@ -13,6 +13,8 @@ import soundfile as sf
 from crnn_jax import export as export_lib
 from crnn_jax import predict as predict_lib
 from crnn_jax.data import synth
+from crnn_jax.inference import modelfile
+from crnn_jax.inference import predictor
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +48,13 @@ def tree_bytes(tree):
 
 
 def test_round_trip_gives_the_workdirs_probabilities(run_dir, model_file, song):
-    from_dir = predict_lib.load_model(run_dir, batch_size=4)
-    from_file = predict_lib.Predictor.from_file(model_file, batch_size=4)
+    from_dir = predictor.load_model(run_dir, batch_size=4)
+    from_file = predictor.Predictor.from_file(model_file, batch_size=4)
     assert from_file.cfg == from_dir.cfg and from_file.class_names == from_dir.class_names
     with open(os.path.join(run_dir, "results.json")) as f:
         tested = json.load(f)["tested_step"]  # the workdir gives the checkpoint its test pass used (best/)
     assert int(from_file.state.step) == int(from_dir.state.step) == tested and from_file.state.opt_state == ()
-    x = predict_lib.read_song(song, from_dir.sample_rate)
+    x = predictor.read_song(song, from_dir.sample_rate)
     a, b = from_dir.predict(x), from_file.predict(x)
     assert a["windows"] == b["windows"] == 3
     np.testing.assert_array_equal(b["window_probs"], a["window_probs"])  # the same float32 parameters, bit for bit
@@ -63,7 +65,7 @@ def test_round_trip_gives_the_workdirs_probabilities(run_dir, model_file, song):
     assert arrays < size < arrays + 20_000 and size < 2 * tree_bytes(from_dir.state.params)
     with open(model_file, "rb") as f:
         magic, version, length, _ = struct.unpack("<8sIQ32s", f.read(52))
-    assert magic == export_lib.MAGIC and version == export_lib.FORMAT_VERSION and length == size - 52
+    assert magic == modelfile.MAGIC and version == modelfile.FORMAT_VERSION and length == size - 52
 
 
 def test_predict_model_flag_matches_workdir(run_dir, model_file, song, capsys):
@@ -87,7 +89,7 @@ def damage(src, dst, case):
     elif case == "appended":
         data += b"extra"
     elif case in ("newer", "older"):
-        data[8:12] = struct.pack("<I", export_lib.FORMAT_VERSION + 1 if case == "newer" else 0)
+        data[8:12] = struct.pack("<I", modelfile.FORMAT_VERSION + 1 if case == "newer" else 0)
     elif case == "empty":
         data = b""
     elif case == "text":
@@ -110,8 +112,8 @@ def test_unusable_file_is_one_line_and_left_alone(case, message, model_file, son
     if case != "missing":
         damage(model_file, bad, case)
     before = read(bad) if case != "missing" else None
-    with pytest.raises(export_lib.ModelFileError, match="^--model "):
-        predict_lib.Predictor.from_file(bad)
+    with pytest.raises(modelfile.ModelFileError, match="^--model "):
+        predictor.Predictor.from_file(bad)
     assert predict_lib.main(["--model", bad, song]) == 2
     out = capsys.readouterr()
     lines = out.err.strip().splitlines()
@@ -122,12 +124,12 @@ def test_unusable_file_is_one_line_and_left_alone(case, message, model_file, son
 
 def test_intact_file_of_another_model_is_one_line(run_dir, model_file, tmp_path):
     # A well-formed file whose arrays do not fit its config (another writer's bug): caught before any forward.
-    p = predict_lib.load_model(run_dir)
+    p = predictor.load_model(run_dir)
     odd = str(tmp_path / "odd.crnn")
-    export_lib.write_model(odd, p.cfg.replace(gru_units=(8, 4)), p.class_names, p.state)
-    with pytest.raises(export_lib.ModelFileError, match="does not match the model its config describes: "
+    modelfile.write_model(odd, p.cfg.replace(gru_units=(8, 4)), p.class_names, p.state)
+    with pytest.raises(modelfile.ModelFileError, match="does not match the model its config describes: "
                        r"params/gru1/cell/hn/bias is \(8,\) in the file, the model needs \(4,\)"):
-        predict_lib.Predictor.from_file(odd)
+        predictor.Predictor.from_file(odd)
 
 
 def test_export_is_atomic_and_never_overwrites_foreign_files(run_dir, model_file, tmp_path, monkeypatch, capsys):
@@ -138,7 +140,7 @@ def test_export_is_atomic_and_never_overwrites_foreign_files(run_dir, model_file
     def full_disk(*_):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_lib.os, "replace", full_disk)
+    monkeypatch.setattr(modelfile.os, "replace", full_disk)
     assert export_lib.main(["--workdir", run_dir, "--out", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0], err
@@ -155,4 +157,4 @@ def test_export_is_atomic_and_never_overwrites_foreign_files(run_dir, model_file
     assert export_lib.main(["--workdir", str(tmp_path / "nope"), "--out", str(tmp_path / "x.crnn")]) == 2
     assert "no such directory" in capsys.readouterr().err and not os.path.exists(tmp_path / "x.crnn")
     assert export_lib.main(["--workdir", run_dir, "--out", out]) == 0  # replacing our own model file is fine
-    assert predict_lib.Predictor.from_file(out).class_names == predict_lib.load_model(run_dir).class_names
+    assert predictor.Predictor.from_file(out).class_names == predictor.load_model(run_dir).class_names

@@ -22,6 +22,9 @@ from crnn_jax.data import dataset as data_lib
 from crnn_jax.training import report
 from crnn_jax import train as train_lib
 from crnn_jax.config import Config, ConfigError
+from crnn_jax.training import runlog
+from crnn_jax.training import loop
+from crnn_jax.training import workdir as workdir_lib
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")  # 6 steps, a checkpoint every 2 (4 and 6 kept)
 # XLA's own words (jnp.zeros((2**38,)) on the CPU backend raises exactly this JaxRuntimeError).
@@ -156,7 +159,7 @@ def test_no_intact_checkpoint_is_one_line_and_nothing_is_moved(finished, tmp_pat
 # --- config.json: refused only with checkpoints of another config; out of memory -----------------------------
 def _oom_at_call(monkeypatch, n):
     """The training call number n (1 = the first, which compiles) raises XLA's out-of-memory error."""
-    real = train_lib.steps_lib.parallel
+    real = loop.steps_lib.parallel
     calls = []
 
     def parallel(fn, *a, **k):
@@ -172,7 +175,7 @@ def _oom_at_call(monkeypatch, n):
 
         return wrapped
 
-    monkeypatch.setattr(train_lib.steps_lib, "parallel", parallel)
+    monkeypatch.setattr(loop.steps_lib, "parallel", parallel)
 
 
 def test_out_of_memory_before_a_checkpoint_then_rerun_with_a_smaller_batch(tmp_path, capsys, monkeypatch):
@@ -188,7 +191,7 @@ def test_out_of_memory_before_a_checkpoint_then_rerun_with_a_smaller_batch(tmp_p
     code, ours, err = run(capsys, "--workdir", wd, "--batch-size", "8")
     assert code == 0 and not ours, err
     assert load(wd, "config.json")["batch_size"] == 8
-    assert [r["step"] for r in report.read_metrics(os.path.join(wd, "metrics.jsonl")) if "train_loss" in r] == \
+    assert [r["step"] for r in runlog.read_rows(os.path.join(wd, "metrics.jsonl")) if "train_loss" in r] == \
            [1, 2, 3, 4, 5, 6]
     # Now it has checkpoints: another batch size is refused, and nothing is touched.
     before = snapshot(wd)
@@ -212,7 +215,7 @@ def test_out_of_memory_after_a_checkpoint_keeps_it_and_says_how_to_resume(finish
     # What the line suggests is accepted on this workdir (tests/test_feed.py: the same crops and losses)...
     cfg = train_lib.parse_config(["--config", SMOKE, "--workdir", wd])
     for change in (dict(data_placement="host"), dict(steps_per_call=1)):
-        train_lib.check_workdir_config(wd, cfg.replace(**change), log=lambda *_: None)
+        workdir_lib.check(wd, cfg.replace(**change), log=lambda *_: None)
     # ... and the run resumes from checkpoint 2 to the very lines of a run never stopped.
     code, ours, err = run(capsys, "--workdir", wd)
     assert code == 0 and not ours
@@ -222,7 +225,7 @@ def test_out_of_memory_after_a_checkpoint_keeps_it_and_says_how_to_resume(finish
 # --- full disk ------------------------------------------------------------------------------------------------
 def test_disk_full_writing_metrics_is_one_line_and_the_rerun_resumes(finished, tmp_path, capsys, monkeypatch):
     wd = str(tmp_path / "run")
-    real = report.append_metrics
+    real = runlog.append_row
 
     def full(path, row):
         if path.endswith("metrics.jsonl") and row["step"] == 5:
@@ -230,7 +233,7 @@ def test_disk_full_writing_metrics_is_one_line_and_the_rerun_resumes(finished, t
         real(path, row)
 
     with monkeypatch.context() as m:
-        m.setattr(report, "append_metrics", full)
+        m.setattr(runlog, "append_row", full)
         code, ours, err = run(capsys, "--workdir", wd)
     assert code == 1 and "Traceback" not in err
     assert ours == [f"crnn_jax.train: error: the disk is full: writing {wd}/metrics.jsonl failed (No space left on "
@@ -351,14 +354,14 @@ def _kill_after_the_last_checkpoint(m):
 
 
 def _kill_between_the_metrics_and_the_timing_line(m):
-    real = report.append_metrics
+    real = runlog.append_row
 
     def append(path, row):
         if path.endswith("timing.jsonl") and row["step"] == 6:
             raise _Killed()
         real(path, row)
 
-    m.setattr(report, "append_metrics", append)
+    m.setattr(runlog, "append_row", append)
 
 
 def _kill_before_the_results(m):
@@ -381,13 +384,13 @@ def test_a_run_killed_after_its_last_checkpoint_finishes_without_duplicates(fini
         assert steps == [json.loads(l)["step"] for l in lines(os.path.join(finished, name))], name
     assert lines(os.path.join(wd, "metrics.jsonl")) == lines(os.path.join(finished, "metrics.jsonl"))
     results = load(wd, "results.json")
-    assert results["train_seconds"] == report.read_metrics(os.path.join(wd, "train_time.jsonl"))[-1]["train_seconds"]
+    assert results["train_seconds"] == runlog.read_rows(os.path.join(wd, "train_time.jsonl"))[-1]["train_seconds"]
 
 
 def test_train_seconds_count_every_resumed_segment(tmp_path, capsys, monkeypatch):
     wd = str(tmp_path / "run")
     extra = [0.0]  # seconds the first segment's clock runs ahead: 100 per training call
-    real_parallel, real_time = train_lib.steps_lib.parallel, train_lib.time.time
+    real_parallel, real_time = loop.steps_lib.parallel, loop.time.time
 
     def parallel(fn, *a, **k):
         p = real_parallel(fn, *a, **k)
@@ -401,15 +404,15 @@ def test_train_seconds_count_every_resumed_segment(tmp_path, capsys, monkeypatch
         return slow
 
     with monkeypatch.context() as m:
-        m.setattr(train_lib.steps_lib, "parallel", parallel)
-        m.setattr(train_lib, "time", types.SimpleNamespace(time=lambda: real_time() + extra[0]))
+        m.setattr(loop.steps_lib, "parallel", parallel)
+        m.setattr(loop, "time", types.SimpleNamespace(time=lambda: real_time() + extra[0]))
         code, _, _ = run(capsys, "--workdir", wd, "--max-steps", "4")
     assert code == 0
     first = load(wd, "results.json")["train_seconds"]
     assert first >= 400
     code, _, _ = run(capsys, "--workdir", wd, "--max-steps", "6")  # a constant schedule may be extended
     assert code == 0
-    rows = report.read_metrics(os.path.join(wd, "train_time.jsonl"))
+    rows = runlog.read_rows(os.path.join(wd, "train_time.jsonl"))
     assert [r["step"] for r in rows] == [2, 4, 6] and rows[1]["train_seconds"] == first
     second = load(wd, "results.json")["train_seconds"]
     assert first < second < first + 300 and second == rows[-1]["train_seconds"]
@@ -433,14 +436,14 @@ def test_a_cosine_run_refuses_another_total_on_resume(finished, tmp_path, capsys
         assert snapshot(wd) == before
     # The same total is accepted (--epochs is moot under --max-steps); a constant schedule may be extended.
     cfg = config_lib.load_preset(str(preset)).replace(workdir=wd)
-    train_lib.check_workdir_config(wd, cfg.replace(epochs=3), log=lambda *_: None)
+    workdir_lib.check(wd, cfg.replace(epochs=3), log=lambda *_: None)
     with open(os.path.join(wd, "config.json"), "w") as f:
         json.dump({**saved, "lr_schedule": "cosine", "max_steps": None, "epochs": 2}, f)
     with pytest.raises(ConfigError, match=r"cosine-schedule run of --epochs 2, .* cannot resume with --epochs 3: "):
-        train_lib.check_workdir_config(wd, cfg.replace(max_steps=None, epochs=3), log=lambda *_: None)
+        workdir_lib.check(wd, cfg.replace(max_steps=None, epochs=3), log=lambda *_: None)
     with open(os.path.join(wd, "config.json"), "w") as f:
         json.dump(saved, f)
-    train_lib.check_workdir_config(wd, cfg.replace(lr_schedule="constant", max_steps=8), log=lambda *_: None)
+    workdir_lib.check(wd, cfg.replace(lr_schedule="constant", max_steps=8), log=lambda *_: None)
 
 
 # --- settings checked before any audio is decoded --------------------------------------------------------------
@@ -482,7 +485,7 @@ def test_the_config_agrees_with_the_model_and_the_front_end():
         ref = int((mel._filterbank_f64(float(sr), n_fft, n_mels, f_min, f_max).max(0) <= 0).sum())
         assert ours == ref
     frames = Config().replace(crop_seconds=1.3)
-    assert model.mel_config_of(frames).n_frames(frames.crop_samples) == 56  # as _check_network counts them
+    assert frames.mel.n_frames(frames.crop_samples) == 56  # as _check_network counts them
 
 
 def test_bad_settings_in_a_preset_stop_before_any_data_is_loaded(tmp_path, capsys, monkeypatch):

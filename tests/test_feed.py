@@ -14,7 +14,7 @@ from crnn_jax import config as config_lib
 from crnn_jax.data import dataset as data_lib
 from crnn_jax.training import feed as feed_lib
 from crnn_jax.training import steps as steps_lib
-from crnn_jax import train as train_lib
+from crnn_jax.training import loop
 
 
 @settings(max_examples=60, deadline=None)
@@ -69,7 +69,7 @@ def test_steps_per_call_and_placement_do_not_change_the_metrics(tmp_path):
     runs = {}
     for k, placement in [(1, "device"), (4, "device"), (4, "host")]:
         cfg = base.replace(steps_per_call=k, data_placement=placement, workdir=str(tmp_path / f"{k}{placement}"))
-        train_lib.train(cfg, log=lambda *_: None)
+        loop.train(cfg, log=lambda *_: None)
         runs[(k, placement)] = _metrics(cfg.workdir)
     ref = runs[(1, "device")]
     assert any("eval_loss" in r for r in ref) and len([r for r in ref if "train_loss" in r]) >= 2
@@ -91,5 +91,5 @@ def test_default_runs_make_calls_of_one_length(backend):
     split = data_lib.random_split(labels, test_fraction=cfg.test_fraction, valid_fraction=cfg.valid_fraction,
                                   seed=cfg.seed)
     spe = data_lib.steps_per_epoch(len(split["train"]), cfg.batch_size)
-    chunks = feed_lib.plan(0, cfg.epochs * spe, cfg.steps_per_call, [cfg.log_every, *train_lib.intervals(cfg, spe)])
+    chunks = feed_lib.plan(0, cfg.epochs * spe, cfg.steps_per_call, [cfg.log_every, *loop.intervals(cfg, spe)])
     assert cfg.steps_per_call > 1 and {k for _, k in chunks} == {cfg.steps_per_call}

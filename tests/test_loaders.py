@@ -15,7 +15,9 @@ import soundfile as sf
 
 from conftest import ROOT, SHARED, run_module
 from crnn_jax.data import dataset as data_lib
+from crnn_jax.data import folders
 from crnn_jax.data import loaders
+from crnn_jax.data import tfds as tfds_loader
 from crnn_jax.data import splits
 from crnn_jax.config import Config
 from crnn_jax.data.dataset import DataError
@@ -82,7 +84,7 @@ def test_formats_channels_and_rates_match_analytic_tones(tmp_path, capsys):
     (tmp_path / "b" / ".DS_Store").write_bytes(b"\0\1")
     (tmp_path / "b" / "._three.flac").write_bytes(b"\0\1")  # macOS resource fork: audio extension, not audio
 
-    ds = loaders.load_folder(str(tmp_path), sample_rate=SR, cache=str(tmp_path / "cache"))
+    ds = folders.load_folder(str(tmp_path), sample_rate=SR, cache=str(tmp_path / "cache"))
     err = capsys.readouterr().err
     assert "ignored 3 other file(s) (.DS_Store, ._* (macOS metadata), .txt)" in err
     assert ds.class_names == ("a", "b") and ds.sample_rate == SR
@@ -116,7 +118,7 @@ def test_gtzan_layouts_are_detected(tmp_path, layout, capsys):
         (data / "Data" / "images_original" / "blues").mkdir(parents=True)
         (data / "Data" / "images_original" / "blues" / "blues00000.png").write_bytes(b"png")
         (data / "Data" / "features_30_sec.csv").write_text("x")
-    ds = loaders.load_folder(str(data), sample_rate=SR, cache=str(tmp_path / "cache"))
+    ds = folders.load_folder(str(data), sample_rate=SR, cache=str(tmp_path / "cache"))
     assert ds.names == ("blues/blues.00000.au", "classical/classical.00000.au", "country/country.00000.au")
     assert ds.class_names == GENRES[:3] and list(ds.labels) == [0, 1, 2]
     err = capsys.readouterr().err
@@ -144,7 +146,7 @@ def test_real_gtzan_sample_loads_bit_exact(tmp_path):
 def test_cache_is_reused_rebuilt_on_change_and_never_trusted_when_corrupt(tmp_path, capsys):
     data, cache = make_folder(tmp_path / "data", per_genre=3, seconds=2.0), str(tmp_path / "cache")
     before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns for d, _, fs in os.walk(data) for f in fs}
-    first = loaders.load_folder(data, sample_rate=SR, cache=cache)
+    first = folders.load_folder(data, sample_rate=SR, cache=cache)
     assert "decoding 9 files" in capsys.readouterr().err
     assert isinstance(first.audio, np.memmap)  # decoded straight into the cache file, then mapped
     first = dataclasses.replace(first, audio=np.array(first.audio))  # a copy: the test damages the file
@@ -152,7 +154,7 @@ def test_cache_is_reused_rebuilt_on_change_and_never_trusted_when_corrupt(tmp_pa
     meta = npy.replace(".audio.npy", ".meta.npz")
 
     t0 = time.time()
-    again = loaders.load_folder(data, sample_rate=SR, cache=cache)
+    again = folders.load_folder(data, sample_rate=SR, cache=cache)
     assert time.time() - t0 < 2.0 and "(cached" in capsys.readouterr().err
     assert isinstance(again.audio, np.memmap)  # read back lazily: only sliced pages are read
     for f in ("audio", "lengths", "labels", "names", "class_names"):
@@ -162,7 +164,7 @@ def test_cache_is_reused_rebuilt_on_change_and_never_trusted_when_corrupt(tmp_pa
     for path in (npy, meta):  # a half-written or damaged cache file, audio or metadata
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) // 2)
-        rebuilt = loaders.load_folder(data, sample_rate=SR, cache=cache)
+        rebuilt = folders.load_folder(data, sample_rate=SR, cache=cache)
         err = capsys.readouterr().err
         assert "is unusable" in err and "rebuilding" in err and "decoding 9 files" in err, path
         assert np.array_equal(rebuilt.audio, first.audio)
@@ -172,15 +174,15 @@ def test_cache_is_reused_rebuilt_on_change_and_never_trusted_when_corrupt(tmp_pa
         z = dict(z)
     z["names"] = np.array([n.replace("blues", "bluez") for n in z["names"]])
     np.savez(meta, **z)
-    assert np.array_equal(loaders.load_folder(data, sample_rate=SR, cache=cache).names, first.names)
+    assert np.array_equal(folders.load_folder(data, sample_rate=SR, cache=cache).names, first.names)
     assert "do not match" in capsys.readouterr().err
 
     # Touching a file (same content, new mtime) rebuilds the folder's entry in place; another sample rate
     # is another entry.
     st = os.stat(os.path.join(data, "blues", "blues.00000.wav"))
     os.utime(os.path.join(data, "blues", "blues.00000.wav"), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    loaders.load_folder(data, sample_rate=SR, cache=cache)
-    loaders.load_folder(data, sample_rate=16000, cache=cache)
+    folders.load_folder(data, sample_rate=SR, cache=cache)
+    folders.load_folder(data, sample_rate=16000, cache=cache)
     assert capsys.readouterr().err.count("decoding 9 files") == 2
     assert len([f for f in os.listdir(cache) if f.endswith(".audio.npy")]) == 2
     assert len(os.listdir(cache)) == 4  # .audio.npy and .meta.npz of each: no temporaries left
@@ -192,15 +194,15 @@ def test_cache_is_reused_rebuilt_on_change_and_never_trusted_when_corrupt(tmp_pa
 def test_a_changed_folder_replaces_its_cache_entry(tmp_path, capsys):
     # The cache never grows with the states of a folder: one entry per folder and sample rate.
     data, cache = make_folder(tmp_path / "data", per_genre=2), str(tmp_path / "cache")
-    loaders.load_folder(data, sample_rate=SR, cache=cache)
+    folders.load_folder(data, sample_rate=SR, cache=cache)
     entries = sorted(os.listdir(cache))
     write(os.path.join(data, "blues", "blues.00000.wav"), tone(999, 8000, 3.0), 8000, subtype="PCM_16")
-    changed = loaders.load_folder(data, sample_rate=SR, cache=cache)
+    changed = folders.load_folder(data, sample_rate=SR, cache=cache)
     assert "the folder changed since it was cached" in capsys.readouterr().err
     assert sorted(os.listdir(cache)) == entries and len(entries) == 2  # the same .audio.npy and .meta.npz
     i = changed.names.index("blues/blues.00000.wav")
     assert changed.lengths[i] == 3 * SR and abs(peak_hz(changed.song(i) / 32768, SR) - 999) < 1
-    again = loaders.load_folder(data, sample_rate=SR, cache=cache)
+    again = folders.load_folder(data, sample_rate=SR, cache=cache)
     assert "(cached" in capsys.readouterr().err and np.array_equal(again.audio, changed.audio)
 
 
@@ -233,7 +235,7 @@ def bad_files(folder):
 
 def test_bad_files_are_skipped_with_one_warning_each(tmp_path, capsys):
     expected = bad_files(tmp_path / "data")
-    ds = loaders.load_folder(str(tmp_path / "data"), sample_rate=SR, cache=str(tmp_path / "cache"))
+    ds = folders.load_folder(str(tmp_path / "data"), sample_rate=SR, cache=str(tmp_path / "cache"))
     assert ds.names == ("bad/fine.wav", "good/fine.au")
     # The room reserved for the bad files is given back: the good songs lie back to back, intact.
     assert ds.audio.shape == (ds.lengths.sum(),) and list(ds.offsets) == [0, ds.lengths[0]]
@@ -245,7 +247,7 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, capsys):
         assert why in line, line
     assert f"skipped {len(expected)} of {len(expected) + 2} files" in err
     # From the cache, the skipped files are still reported (not silently forgotten).
-    loaders.load_folder(str(tmp_path / "data"), sample_rate=SR, cache=str(tmp_path / "cache"))
+    folders.load_folder(str(tmp_path / "data"), sample_rate=SR, cache=str(tmp_path / "cache"))
     assert f"{len(expected)} bad file(s) were skipped" in capsys.readouterr().err
 
     for name, why in expected.items():  # read_audio itself: one DataError naming the file
@@ -335,7 +337,7 @@ def test_tfds_gtzan_under_mock_data(tmp_path):
     pytest.importorskip("tensorflow", reason="the [tfds] extra is not installed")
     with tfds.testing.mock_data(num_examples=20):
         ds, split = loaders.load(cfg_for("tfds:gtzan", sample_rate=22050))
-        half = loaders.load_tfds("tfds:gtzan", sample_rate=11025)
+        half = tfds_loader.load_tfds("tfds:gtzan", sample_rate=11025)
         examples = tfds.as_numpy(tfds.load("gtzan", split="train"))
         oracle = [(int(ex["label"]), np.asarray(ex["audio"])) for ex in examples]
     assert ds.class_names == GENRES and len(ds) == 20 and ds.sample_rate == 22050
@@ -357,7 +359,7 @@ def test_tfds_gtzan_from_a_manual_archive(tmp_path, monkeypatch):
     for module in ("tensorflow_datasets", "tensorflow", "pydub", "importlib_resources"):
         pytest.importorskip(module, reason="the [tfds] extra is not installed")
     with pytest.raises(DataError, match="its download link is dead"):  # fast: no archive, no download attempt
-        loaders.load_tfds(f"tfds:gtzan@{tmp_path / 'none'}", sample_rate=SR)
+        tfds_loader.load_tfds(f"tfds:gtzan@{tmp_path / 'none'}", sample_rate=SR)
     songs = {"blues/blues.00000.wav": 300.0, "rock/rock.00003.wav": 600.0}
     for name, f in songs.items():
         write(tmp_path / "src" / "genres" / name, tone(f, 22050, 0.5), 22050, subtype="PCM_16")
@@ -367,11 +369,11 @@ def test_tfds_gtzan_from_a_manual_archive(tmp_path, monkeypatch):
         tar.add(tmp_path / "src" / "genres", arcname="genres")
     spec, cache = f"tfds:gtzan@{tmp_path / 'tfds'}", str(tmp_path / "cache")
     with pytest.raises(DataError, match="must be GTZAN's original archive"):  # TFDS checks it is the original
-        loaders.load_tfds(spec, sample_rate=SR, cache=cache)
+        tfds_loader.load_tfds(spec, sample_rate=SR, cache=cache)
     blob = archive.read_bytes()
-    monkeypatch.setattr(loaders, "GTZAN_ARCHIVE", (loaders.GTZAN_ARCHIVE[0], str(len(blob)),
+    monkeypatch.setattr(tfds_loader, "GTZAN_ARCHIVE", (tfds_loader.GTZAN_ARCHIVE[0], str(len(blob)),
                                                    hashlib.sha256(blob).hexdigest(), "genres.tar.gz"))
-    ds = loaders.load_tfds(spec, sample_rate=SR, cache=cache)
+    ds = tfds_loader.load_tfds(spec, sample_rate=SR, cache=cache)
     assert ds.names == tuple(songs) and ds.class_names == GENRES and list(ds.labels) == [0, 9]
     for i, name in enumerate(ds.names):
         pcm, _ = sf.read(tmp_path / "src" / "genres" / name, dtype="int16")
@@ -389,7 +391,7 @@ def test_tfds_without_the_extra_says_how_to_install_it(monkeypatch):
 
 def test_tfds_other_names_are_refused():
     with pytest.raises(DataError, match="only tfds:gtzan"):
-        loaders.load_tfds("tfds:mnist", sample_rate=SR)
+        tfds_loader.load_tfds("tfds:mnist", sample_rate=SR)
 
 
 # --- training end to end ----------------------------------------------------------------------------------

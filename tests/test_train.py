@@ -14,8 +14,10 @@ import pytest
 from conftest import ROOT, run_module
 from crnn_jax import config as config_lib
 from crnn_jax.data import dataset as data_lib
-from crnn_jax.training import report
 from crnn_jax import train as train_lib
+from crnn_jax import errors
+from crnn_jax.training import loop
+from crnn_jax.training import runlog
 
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 
@@ -92,7 +94,7 @@ def test_kill_and_resume_ends_identical(tmp_path, augmented):
     out = run_module("crnn_jax.train", *args, "--workdir", wd)
     assert "resumed from checkpoint at step" in out.stdout
     assert metrics(wd) == metrics(ref)  # bit-identical: every loss, accuracy and eval line
-    steps_timed = lambda d: [r["step"] for r in report.read_metrics(os.path.join(d, "timing.jsonl"))]
+    steps_timed = lambda d: [r["step"] for r in runlog.read_rows(os.path.join(d, "timing.jsonl"))]
     assert steps_timed(wd) == steps_timed(ref)  # nothing logged twice after the resume
     r1, r2 = load_json(ref, "results.json"), load_json(wd, "results.json")
     assert r1["test"]["confusion"] == r2["test"]["confusion"] and r1["test_accuracy"] == r2["test_accuracy"]
@@ -108,7 +110,7 @@ def smoke_config(tmp_path, **kw):
 
 def test_run_writes_every_artifact_and_does_not_recompile(tmp_path, monkeypatch):
     traces = []
-    real = train_lib.steps_lib.make_train_step
+    real = loop.steps_lib.make_train_step
 
     def counting(*a, **k):
         step = real(*a, **k)
@@ -119,9 +121,9 @@ def test_run_writes_every_artifact_and_does_not_recompile(tmp_path, monkeypatch)
 
         return wrapped
 
-    monkeypatch.setattr(train_lib.steps_lib, "make_train_step", counting)
+    monkeypatch.setattr(loop.steps_lib, "make_train_step", counting)
     cfg = smoke_config(tmp_path)
-    res = train_lib.train(cfg, log=lambda *_: None)
+    res = loop.train(cfg, log=lambda *_: None)
     assert len(traces) == 1, f"train_step traced {len(traces)} times in {cfg.max_steps} steps"
     wd = cfg.workdir
     for name in ("config.json", "metrics.jsonl", "results.json", "confusion.png", "curves.png", "split.json"):
@@ -137,11 +139,11 @@ def test_run_writes_every_artifact_and_does_not_recompile(tmp_path, monkeypatch)
     rows = metrics(wd)
     assert all({"step", "train_loss", "train_accuracy"} <= set(r) for r in rows if "train_loss" in r)
     # Wall times: one timing line per validation pass, rising, and the first crossing of the target reported.
-    timing = report.read_metrics(os.path.join(wd, "timing.jsonl"))
+    timing = runlog.read_rows(os.path.join(wd, "timing.jsonl"))
     evals = [r for r in rows if "eval_accuracy" in r]
     assert [(t["step"], t["eval_accuracy"]) for t in timing] == [(r["step"], r["eval_accuracy"]) for r in evals]
     assert all(0 < a["seconds"] <= b["seconds"] for a, b in zip(timing, timing[1:]))
-    assert saved["time_to_accuracy"] == train_lib.time_to_accuracy(timing, train_lib.TARGET_ACCURACY)
+    assert saved["time_to_accuracy"] == runlog.time_to_accuracy(timing, loop.TARGET_ACCURACY)
     assert any({"step", "eval_loss", "eval_accuracy"} <= set(r) for r in rows)
     # The best validation pass (accuracy, then lower loss, then earlier) is the tested checkpoint, kept in best/.
     top = max(evals, key=lambda r: (r["eval_accuracy"], -r["eval_loss"], -r["step"]))
@@ -162,8 +164,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(data_lib, "sample_batch", poisoned)
     cfg = smoke_config(tmp_path, max_steps=8, checkpoint_every=2, log_every=1)
-    with pytest.raises(train_lib.Diverged, match=r"non-finite loss at step 5.*checkpoint \(step 4\)"):
-        train_lib.train(cfg, log=lambda *_: None)
+    with pytest.raises(errors.Diverged, match=r"non-finite loss at step 5.*checkpoint \(step 4\)"):
+        loop.train(cfg, log=lambda *_: None)
     from crnn_jax.training.checkpoint import Checkpointer
 
     ck = Checkpointer(os.path.join(cfg.workdir, "checkpoints"))
@@ -173,11 +175,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_resume_refuses_a_different_config(tmp_path):
     cfg = smoke_config(tmp_path, max_steps=2)
-    train_lib.train(cfg, log=lambda *_: None)
+    loop.train(cfg, log=lambda *_: None)
     with pytest.raises(config_lib.ConfigError, match="different config.*learning_rate"):
-        train_lib.train(cfg.replace(learning_rate=0.5), log=lambda *_: None)
+        loop.train(cfg.replace(learning_rate=0.5), log=lambda *_: None)
     # Extending the run is allowed and continues from the checkpoint.
-    res = train_lib.train(cfg.replace(max_steps=4), log=lambda *_: None)
+    res = loop.train(cfg.replace(max_steps=4), log=lambda *_: None)
     assert res["resumed_from"] == 2 and res["steps"] == 4
 
 
@@ -212,8 +214,8 @@ def test_preset_then_flags_override():
 def test_time_to_accuracy_is_the_first_crossing():
     rows = [{"step": 10, "seconds": 5.0, "eval_accuracy": 0.5}, {"step": 20, "seconds": 9.0, "eval_accuracy": 0.9},
             {"step": 30, "seconds": 12.0, "eval_accuracy": 0.95}]
-    assert train_lib.time_to_accuracy(rows, 0.9) == {"target": 0.9, "step": 20, "seconds": 9.0}
-    assert train_lib.time_to_accuracy(rows, 0.99) == {"target": 0.99, "step": None, "seconds": None}
+    assert runlog.time_to_accuracy(rows, 0.9) == {"target": 0.9, "step": 20, "seconds": 9.0}
+    assert runlog.time_to_accuracy(rows, 0.99) == {"target": 0.99, "step": None, "seconds": None}
 
 
 def test_best_selection_on_a_constructed_history():
@@ -236,19 +238,19 @@ def test_best_selection_on_a_constructed_history():
 def test_early_stop_resumes_to_the_same_step(tmp_path):
     # Validation every 2 steps, patience 2: on the smoke preset the best pass is at step 4 and the run stops at 8.
     cfg = smoke_config(tmp_path, max_steps=24, eval_every=2, early_stop_patience=2, log_every=2, checkpoint_every=2)
-    res = train_lib.train(cfg, log=lambda *_: None)
+    res = loop.train(cfg, log=lambda *_: None)
     stop = res["stopped_early_at"]
     assert stop is not None and stop < 24 and res["steps"] == stop
     assert max(r["step"] for r in metrics(cfg.workdir)) == stop
     assert res["tested_checkpoint"] == "best" and res["tested_step"] == res["best_valid"]["step"] < stop
     # A run broken at step 4 (a validation step) and resumed stops at the same step with the same metrics.
     broken = cfg.replace(workdir=str(tmp_path / "broken"))
-    train_lib.train(broken.replace(max_steps=4), log=lambda *_: None)
-    again = train_lib.train(broken, log=lambda *_: None)
+    loop.train(broken.replace(max_steps=4), log=lambda *_: None)
+    again = loop.train(broken, log=lambda *_: None)
     assert again["resumed_from"] == 4 and again["stopped_early_at"] == stop
     assert metrics(broken.workdir) == metrics(cfg.workdir)
     assert again["best_valid"] == res["best_valid"] and again["test"]["confusion"] == res["test"]["confusion"]
     # Started again after it stopped: it stops at once, trains nothing and logs nothing new.
-    rerun = train_lib.train(cfg, log=lambda *_: None)
+    rerun = loop.train(cfg, log=lambda *_: None)
     assert rerun["resumed_from"] == stop and rerun["stopped_early_at"] == stop
     assert metrics(cfg.workdir) == metrics(broken.workdir)

@@ -17,12 +17,14 @@ that flax's GRUCell lacks, so they are held at zero (zeroed, gradient masked) an
 
 `TorchTrainStep` is Algorithm 8.6 (crnn_jax/optim.py) in a few foreach ops: gradient at theta + alpha v,
 r <- rho r + (1 - rho) g^2, v <- alpha v - lr g / sqrt(delta + r), theta <- theta + v.
-torch is an optional dependency: `pip install torch`. crnn_jax.bench loads this file by path;
-nothing else in crnn_jax uses it.
+torch is an optional dependency: `pip install torch`. `python -m crnn_jax.bench train` imports it beside JAX;
+experiments/gpu/torch_worker.py runs `time_training_step` in a process of its own (no CUDA runtime shared with
+JAX's). Nothing else in crnn_jax uses it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from typing import Any, Sequence
@@ -188,8 +190,10 @@ class TorchTrainStep:
         self.r = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.lr, self.decay, self.momentum, self.eps = learning_rate, decay, momentum, eps
-        self.forward = torch.compile(net) if compile else net
-        self.update = torch.compile(self._update) if compile else self._update
+        # dynamic=False: one static-shape graph per shape (make_runner resets dynamo between shapes), so a
+        # grid's later points time the kernels a fixed-shape run would use, not dynamic-shape ones.
+        self.forward = torch.compile(net, dynamic=False) if compile else net
+        self.update = torch.compile(self._update, dynamic=False) if compile else self._update
 
     @torch.no_grad()
     def _shift(self, scale: float) -> None:
@@ -217,23 +221,44 @@ class TorchTrainStep:
         return loss.detach(), accuracy
 
 
-def make_runner(cfg, n_classes: int, variables: dict[str, Any], inputs, *, gpu: bool, threads: int | None = None):
+def use_tf32() -> str:
+    """Let float32 convolutions, matmuls and the GRU use TF32 tensor cores (JAX's default float32 precision on
+    GPUs) -> which switch was used. torch >= 2.9 has per-backend fp32_precision settings and deprecates
+    allow_tf32; older torch has only allow_tf32."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        matmul.fp32_precision = "tf32"
+        cudnn.conv.fp32_precision = "tf32"
+        if hasattr(getattr(cudnn, "rnn", None), "fp32_precision"):
+            cudnn.rnn.fp32_precision = "tf32"
+        return "fp32_precision"
+    matmul.allow_tf32 = True
+    cudnn.allow_tf32 = True
+    return "allow_tf32"
+
+
+def make_runner(cfg, n_classes: int, variables: dict[str, Any], inputs, *, gpu: bool, threads: int | None = None,
+                compile: bool | None = None):
     """The training step of `cfg`'s model from flax `variables`, on fixed host inputs (crops int16 [batch,
     samples], gains float32 [batch], labels int [batch]) -> run(): one synchronised step, returns seconds.
 
-    CPU: eager, torch.set_num_threads(threads, default all cores). GPU: torch.compile, TF32 convs and matmuls
-    (JAX's default float32 precision there). cfg.precision "bf16" runs the network under bfloat16 autocast.
+    CPU: eager, torch.set_num_threads(threads, default all cores). GPU: TF32 convs and matmuls (JAX's default
+    float32 precision there). compile (default: on a GPU): torch.compile(dynamic=False), after a reset of
+    dynamo's caches, so each shape compiles afresh. cfg.precision "bf16" runs the network under bfloat16 autocast.
     """
+    compile = gpu if compile is None else compile
     device = torch.device("cuda" if gpu else "cpu")
+    if compile:
+        importlib.import_module("torch._dynamo")  # what torch.compile imports; `import torch._dynamo` here
+        torch._dynamo.reset()  # would make `torch` a local name of this function  # no graphs, guards or recompile counts carried over from another shape
     if gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        use_tf32()
         torch.cuda.reset_peak_memory_stats()
     else:
         torch.set_num_threads(threads or os.cpu_count() or 1)
     net = load_flax_variables(build_torch_model(cfg, n_classes), variables).to(device)
     step = TorchTrainStep(net, learning_rate=cfg.learning_rate, decay=cfg.rms_decay, momentum=cfg.momentum,
-                          eps=cfg.eps, compile=gpu, autocast=torch.bfloat16 if cfg.precision == "bf16" else None)
+                          eps=cfg.eps, compile=compile, autocast=torch.bfloat16 if cfg.precision == "bf16" else None)
     crops, gains, labels = (torch.from_numpy(np.asarray(a)).to(device) for a in inputs)
     labels = labels.long()
 
@@ -244,6 +269,34 @@ def make_runner(cfg, n_classes: int, variables: dict[str, Any], inputs, *, gpu: 
         return time.perf_counter() - start
 
     return run
+
+
+def time_training_step(cfg, n_classes: int, variables: dict[str, Any], inputs, *, gpu: bool, repeats: int,
+                       warmup: int = 2, threads: int | None = None) -> dict:
+    """Time make_runner's step: the first call (compilation on a GPU), `warmup` untimed calls, then `repeats`
+    timed ones -> {"impl", "times" (s per step), "first_s" (s), "compile_error", "peak_bytes", "threads",
+    "torch"}. A torch.compile failure (e.g. inductor on the padded STFT) falls back to eager, with the error
+    kept in compile_error; a CUDA out-of-memory error is raised (eager would not fit either)."""
+    compile_error = None
+    try:
+        run = make_runner(cfg, n_classes, variables, inputs, gpu=gpu, threads=threads)
+        first_s = run()  # torch.compile compiles here on a GPU
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:
+        if not gpu:  # eager already: nothing to fall back to
+            raise
+        compile_error = f"{type(e).__name__}: {e}"[:1000]
+        torch._dynamo.reset()  # imported by the failed make_runner
+        run = make_runner(cfg, n_classes, variables, inputs, gpu=gpu, threads=threads, compile=False)
+        first_s = run()
+    for _ in range(warmup):
+        run()
+    times = [run() for _ in range(repeats)]
+    impl = "torch (eager)" if not gpu else "torch (compile)" if compile_error is None else "torch (eager; compile failed)"
+    return {"impl": impl, "times": times, "first_s": first_s, "compile_error": compile_error,
+            "peak_bytes": peak_cuda_bytes() if gpu else None, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
 
 
 def peak_cuda_bytes() -> int:

@@ -1,7 +1,8 @@
 """`python -m crnn_jax.bench train`: the training call train.py makes
-(steps.parallel(make_multi_step(make_train_step))) beside the PyTorch twin in experiments/torch_reference.py,
-same shapes, weights and inputs, over a grid of batch sizes and crop lengths. `measure` times one grid
-point; the GPU script (experiments/gpu/run.py) calls it too."""
+(steps.parallel(make_multi_step(make_train_step))) beside the PyTorch twin (crnn_jax.benchmarks.torch_reference),
+same shapes, weights and inputs, over a grid of batch sizes and crop lengths. `measure` times one grid point
+with torch in this process; the GPU script (experiments/gpu/run.py) times JAX with `measure_jax` and torch in
+a process of its own, and joins the two with `add_torch_row`."""
 
 import datetime
 import importlib.metadata
@@ -85,43 +86,88 @@ def jax_runner(cfg, inputs, steps_per_call=1):
     return run, info
 
 
+def _row(impl, times, batch, flops, peak):
+    """Seconds per step -> {"impl", "median_s", "min_s", "clips_per_s", "tflops", "peak_fraction"}."""
+    med = float(np.median(times))
+    return {"impl": impl, "median_s": med, "min_s": float(min(times)), "clips_per_s": batch / med,
+            "tflops": flops / med / 1e12, "peak_fraction": None if peak is None else flops / med / peak}
+
+
+def _entry(cfg, jinfo, jax_times, peak):
+    """One grid entry with its jax row (see measure)."""
+    batch = cfg.batch_size
+    row = _row("jax", jax_times, batch, jinfo["flops"], peak)
+    row.update(compile_s=jinfo["compile_s"], xla_bytes=jinfo["xla_bytes"],
+               peak_bytes=(jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"))
+    return {"crop_s": cfg.crop_seconds, "batch": batch, "precision": cfg.precision,
+            "flops_per_step": jinfo["flops"], "bytes_per_step": jinfo["bytes"], "flops_per_clip": jinfo["flops"] / batch,
+            "bytes_per_clip": jinfo["bytes"] / batch, "rows": [row]}
+
+
+def add_torch_row(entry, timing, peak=None):
+    """Append torch's row to a grid entry from torch_reference.time_training_step's dict, or from {"error": why}
+    (the row then says why and the entry has no jax_speedup) -> entry."""
+    if "error" in timing:
+        entry["rows"].append({"impl": "torch", "error": str(timing["error"])})
+        return entry
+    row = _row(timing["impl"], timing["times"], entry["batch"], entry["flops_per_step"], peak)
+    row.update(compile_s=timing["first_s"], peak_bytes=timing.get("peak_bytes"), threads=timing.get("threads"),
+               compile_error=timing.get("compile_error"))
+    entry["rows"].append(row)
+    entry["jax_speedup"] = row["median_s"] / entry["rows"][0]["median_s"]
+    return entry
+
+
+def measure_jax(cfg, *, repeats, steps_per_call=1, peak=None):
+    """Time JAX alone at cfg's shape: compile, two warm-up calls, `repeats` timed calls -> (grid entry with
+    the jax row, the initial flax variables, the host inputs): torch can then be timed elsewhere on the same
+    weights and inputs."""
+    inputs = train_inputs(cfg, cfg.batch_size)
+    run, jinfo = jax_runner(cfg, inputs, steps_per_call)
+    run(), run()
+    return _entry(cfg, jinfo, [run() for _ in range(repeats)], peak), jinfo["variables"], inputs
+
+
 def measure(cfg, ref=None, *, on_gpu, repeats, steps_per_call=1, torch_threads=None, peak=None):
     """Time cfg's training step (batch cfg.batch_size, crop cfg.crop_seconds) in JAX and, if `ref` (the
     torch_reference module) is given, in PyTorch on the same weights and inputs, interleaved -> one grid
     entry: {"crop_s", "batch", "flops_per_step", "bytes_per_step", "flops_per_clip", "bytes_per_clip",
     "rows": [{"impl", "median_s", "min_s", "clips_per_s", "tflops", "peak_fraction", "compile_s",
     "peak_bytes", ...}], "jax_speedup"?}. Times are seconds per step; peak: the device's FLOP/s or None.
-    peak_bytes (jax): the device's peak bytes in use so far in this process (GPU; None on CPU)."""
+    peak_bytes (jax): the device's peak bytes in use so far in this process (GPU; None on CPU).
+    A torch error (torch.compile, CUDA out of memory) costs only torch's row: {"impl": "torch", "error"}."""
     batch = cfg.batch_size
     inputs = train_inputs(cfg, batch)
     jax_run, jinfo = jax_runner(cfg, inputs, steps_per_call)
-    runs = {"jax": jax_run}
+    runs, torch_error = {"jax": jax_run}, None
     if ref is not None:
-        runs["torch"] = ref.make_runner(cfg, N_CLASSES, jinfo["variables"], inputs, gpu=on_gpu,
-                                        threads=torch_threads or os.cpu_count())
-        torch_first_s = runs["torch"]()  # torch.compile compiles here on a GPU
-    for run in runs.values():  # warm-up
-        run(), run()
+        try:
+            runs["torch"] = ref.make_runner(cfg, N_CLASSES, jinfo["variables"], inputs, gpu=on_gpu,
+                                            threads=torch_threads or os.cpu_count())
+            torch_first_s = runs["torch"]()  # torch.compile compiles here on a GPU
+        except Exception as e:
+            runs.pop("torch", None)
+            torch_error = f"{type(e).__name__}: {e}"[:1000]
     times = {name: [] for name in runs}
-    for _ in range(repeats):  # interleaved, so load from other processes hits both alike
-        for name, run in runs.items():
-            times[name].append(run())
-    entry = {"crop_s": cfg.crop_seconds, "batch": batch, "precision": cfg.precision,
-             "flops_per_step": jinfo["flops"], "bytes_per_step": jinfo["bytes"], "flops_per_clip": jinfo["flops"] / batch,
-             "bytes_per_clip": jinfo["bytes"] / batch, "rows": []}
-    for name, t in times.items():
-        med = float(np.median(t))
-        row = {"impl": name, "median_s": med, "min_s": float(min(t)), "clips_per_s": batch / med,
-               "tflops": jinfo["flops"] / med / 1e12, "peak_fraction": None if peak is None else jinfo["flops"] / med / peak}
-        if name == "jax":
-            row.update(compile_s=jinfo["compile_s"], xla_bytes=jinfo["xla_bytes"],
-                       peak_bytes=(jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"))
-        else:
-            row.update(impl="torch (compile)" if on_gpu else "torch (eager)", compile_s=torch_first_s,
-                       peak_bytes=ref.peak_cuda_bytes() if on_gpu else None, threads=ref.torch.get_num_threads())
-        entry["rows"].append(row)
-    if ref is not None:
-        entry["jax_speedup"] = entry["rows"][1]["median_s"] / entry["rows"][0]["median_s"]
+    for i in range(repeats + 2):  # two warm-up rounds, then interleaved: load from elsewhere hits both alike
+        for name in list(runs):
+            try:
+                t = runs[name]()
+            except Exception as e:
+                if name == "jax":
+                    raise
+                del runs[name], times[name]
+                torch_error = f"{type(e).__name__}: {e}"[:1000]
+                continue
+            if i >= 2:
+                times[name].append(t)
+    entry = _entry(cfg, jinfo, times["jax"], peak)
+    if "torch" in times:
+        add_torch_row(entry, {"impl": "torch (compile)" if on_gpu else "torch (eager)", "times": times["torch"],
+                              "first_s": torch_first_s, "peak_bytes": ref.peak_cuda_bytes() if on_gpu else None,
+                              "threads": ref.torch.get_num_threads()}, peak)
+    elif torch_error:
+        add_torch_row(entry, {"error": torch_error})
     return entry
 
 
@@ -186,6 +232,9 @@ def print_table(result, repeats):
           f"{'of peak':>8} {'memory':>9} {'compile s':>9}")
     for e in result["runs"]:
         for r in e["rows"]:
+            if "error" in r:
+                print(f"{e['crop_s']:5g} {e['batch']:5d} {r['impl']:<16} failed: {r['error'][:200]}")
+                continue
             frac = "unknown" if r["peak_fraction"] is None else f"{r['peak_fraction']:.1%}"
             mem = r.get("peak_bytes") or r.get("xla_bytes")
             mem = "n/a" if mem is None else f"{mem / 2**20:.0f} MiB"

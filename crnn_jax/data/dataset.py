@@ -23,13 +23,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from crnn_jax import files
 from crnn_jax.data import synth
+from crnn_jax.errors import DataError  # noqa: F401  (raised here and imported from here by older code)
 
 INT16_SCALE = 32768.0  # int16 sample -> float in [-1, 1)
 
 
-class DataError(ValueError):
-    """Input data that cannot be used (missing folder, unreadable file, bad split list, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,33 +103,19 @@ def cache_dir(cfg_cache_dir: str = "") -> str:
                                                                              "crnn_jax")
 
 
-def _write_atomic(path: str, tmp: str, write) -> None:
-    """write(tmp), then rename it to path: a reader sees the old file or the complete new one, never a
-    partial one, and a failed write (disk full, interrupted) leaves neither a partial file nor the temporary."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
 
 def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-    """np.savez to `path`, atomically (see _write_atomic)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    _write_atomic(path, f"{path}.tmp{os.getpid()}", write)
+    """np.savez to `path`, atomically (files.atomic)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with files.atomic(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def save_npy_atomic(path: str, array: np.ndarray) -> None:
-    """np.save to `path`, atomically (see _write_atomic)."""
-    # The temporary ends in .npy, so np.save keeps its name.
-    _write_atomic(path, f"{path}.tmp{os.getpid()}.npy", lambda tmp: np.save(tmp, array))
+    """np.save to `path`, atomically (files.atomic; np.save to an open file adds no suffix)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with files.atomic(path, "wb") as f:
+        np.save(f, array)
 
 
 class SampleSink:

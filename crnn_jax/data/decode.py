@@ -1,14 +1,27 @@
 """One audio file -> mono float32 at the model's rate, block by block: memory is a block, not the file.
 
-    frames_out(path, sample_rate) -> samples the file will decode to (from its header, before decoding)
+    AUDIO_EXTS -> the file extensions crnn_jax reads (lower case, with the dot)
+    reader(path) -> "soundfile" or "ffmpeg": which library decodes it
+    frames_out(path, sample_rate) -> samples the file decodes to at most (known before decoding)
     blocks(path, sample_rate) -> iterator of float32 [n] mono blocks at sample_rate Hz, validated
 
-A file is read in soundfile blocks of BLOCK_FRAMES frames, each block folded to mono (the channel mean)
-and resampled with a streaming form of scipy.signal.resample_poly that gives exactly the samples one call
-on the whole file gives (each output sample is the same FIR sum over the same inputs: a block is
-resampled with CONTEXT input samples of the next block and only outputs whose filter support lies inside
-it are kept; tested bit for bit). Bad files (unreadable, truncated, empty, silent, NaN/inf) raise one
-DataError naming the file.
+Readers. soundfile (libsndfile) reads what it can open: WAV, AU, AIFF, FLAC, Ogg Vorbis/Opus, MP3 whose
+length a Xing/Info header states. Everything else goes through FFmpeg (PyAV, decode_av.py): AAC and ALAC
+in .m4a/.mp4, raw .aac, .opus/.webm, .wma, .mka/.mkv, the first audio track of a video file, and MP3
+without that header (libsndfile only estimates such a file's length from its first frame's bit rate,
+and then stops reading at the estimate, or calls a whole file truncated).
+
+Either reader's blocks are folded to mono (the channel mean) and resampled with a streaming form of
+scipy.signal.resample_poly that gives exactly the samples one call on the whole file gives (each output
+sample is the same FIR sum over the same inputs: a block is resampled with CONTEXT input samples of the
+next block and only outputs whose filter support lies inside it are kept; tested bit for bit). So a
+lossless file decodes to the same samples through either reader. Bad files (unreadable, truncated, no
+audio stream, encrypted, empty, silent, NaN/inf) raise one DataError naming the file.
+
+Lengths. frames_out() is what a file's room in the cache is sized by (loaders._decode_folder clips a song
+to it), so it must never be below what blocks() yields. soundfile's header count is what blocks() stops
+at. For FFmpeg files it is an upper bound from the demuxed packets (decode_av.upper_frames); the room
+left over is closed after decoding, so the cache holds exactly the decoded samples.
 """
 
 from __future__ import annotations
@@ -16,17 +29,23 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from crnn_jax.data import decode_av
 from crnn_jax.data.dataset import DataError
 
-BLOCK_FRAMES = 1 << 18  # frames per soundfile read: ~6 s at 44.1 kHz, 2 MiB of float32 stereo
-# libsndfile's header log says "data : 88200 (should be 44078)" when the file ends early.
-_SHORT_DATA = re.compile(r"^\s*data(?: size)?\s*:\s*(\d+)\s*\(should be (\d+)\)", re.IGNORECASE | re.MULTILINE)
+# The first five are libsndfile's (and were the only ones before FFmpeg), so messages listing them still start so.
+AUDIO_EXTS = (".wav", ".au", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".aifc", ".opus", ".m4a", ".mp4", ".aac",
+              ".webm", ".wma", ".mka", ".mkv", ".mov")
+# Extensions libsndfile claims: when it cannot open one, its reason is kept beside FFmpeg's.
+_SF_EXTS = (".wav", ".au", ".snd", ".aiff", ".aif", ".aifc", ".flac", ".ogg", ".oga", ".opus", ".mp3")
+BLOCK_FRAMES = 1 << 18  # frames per read: ~6 s at 44.1 kHz, 2 MiB of float32 stereo
+# libsndfile's header log says "data : 88200 (should be 44078)" (WAV; "SSND : ..." in AIFF) when the file ends early.
+_SHORT_DATA = re.compile(r"^\s*(?:data|SSND)(?: size)?\s*:\s*(\d+)\s*\(should be (\d+)\)", re.IGNORECASE | re.MULTILINE)
 
 
 def ratio(rate: int, sample_rate: int) -> tuple[int, int]:
@@ -42,12 +61,15 @@ def out_length(frames: int, rate: int, sample_rate: int) -> int:
 
 
 def frames_out(path: str, sample_rate: int) -> int:
-    """The samples `path` decodes to at most, from its header (no decoding). DataError if unreadable."""
-    try:
-        info = sf.info(path)
-    except Exception as e:  # libsndfile: unknown format, malformed header, unreadable, ...
-        raise DataError(f"{path}: unreadable audio ({one_line(e)})") from None
-    return out_length(max(int(info.frames), 0), info.samplerate, sample_rate)
+    """The samples at `sample_rate` Hz that `path` decodes to at most, before decoding it: soundfile's
+    header count, or for FFmpeg files an upper bound from the demuxed packets (see the module notes).
+    DataError naming the file if it is unreadable."""
+    f, why = _soundfile(path)
+    if f is not None:
+        with f:
+            return out_length(max(int(f.frames), 0), f.samplerate, sample_rate)
+    frames, rate = decode_av.upper_frames(path, why)
+    return out_length(frames, rate, sample_rate)
 
 
 class Resampler:
@@ -85,47 +107,113 @@ class Resampler:
 
 
 def blocks(path: str, sample_rate: int, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
-    """Decode `path` -> float32 [n] blocks of mono audio at `sample_rate` Hz, in [-1, 1] for PCM files.
+    """Decode `path` -> float32 [n] blocks of mono audio at `sample_rate` Hz, in [-1, 1] for PCM files,
+    read `block_frames` frames at a time.
 
     Their concatenation is what resample_poly gives on the whole file's channel mean. Raises DataError
-    naming the file when it does not decode, is truncated, has no samples, holds NaN or infinite samples,
-    or is silent (every sample 0); a NaN or a decoding error can come after earlier blocks were yielded.
+    naming the file when it does not decode, is truncated, has no (audio) samples, holds NaN or infinite
+    samples, or is silent (every sample 0); a NaN or a decoding error can come after earlier blocks were
+    yielded.
     """
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
+    f, why = _soundfile(path)
+    if f is not None:
+        with f:
+            log, declared = f.extra_info, f.frames
+            yield from _checked(path, _sf_pieces(path, f, block_frames), f.samplerate, sample_rate,
+                                lambda frames: truncated(log, declared, frames))
+        return
+    with decode_av.Source(path, why) as src:
+        yield from _checked(path, src.pieces(block_frames), src.rate, sample_rate, src.short)
+
+
+def reader(path: str) -> str:
+    """Which library decodes `path`: "soundfile" or "ffmpeg" (PyAV), by the rule in the module notes."""
+    f, _ = _soundfile(path)
+    if f is None:
+        return "ffmpeg"
+    f.close()
+    return "soundfile"
+
+
+def _soundfile(path: str) -> tuple[sf.SoundFile | None, str]:
+    """-> (the file open in soundfile, "") if soundfile reads it, else (None, why not, for a file whose
+    extension libsndfile claims; else "")."""
     try:
         f = sf.SoundFile(path)
     except Exception as e:  # libsndfile: unknown format, malformed header, unreadable, ...
-        raise DataError(f"{path}: unreadable audio ({one_line(e)})") from None
-    with f:
-        rate, declared, log = f.samplerate, f.frames, f.extra_info
-        rs = Resampler(*ratio(rate, sample_rate))
-        frames, heard = 0, False
-        while True:
-            try:
-                x = f.read(block_frames, dtype="float32", always_2d=True)  # [<= block_frames, channels]
-            except Exception as e:  # lost sync, unreadable, ...
-                raise DataError(f"{path}: unreadable audio ({one_line(e)})") from None
-            frames += len(x)
-            last = len(x) < block_frames or f.tell() >= declared
-            if frames and last:
-                why = truncated(log, declared, frames)
-                if why:
-                    raise DataError(f"{path}: truncated ({why})")
-            if not np.all(np.isfinite(x)):
-                raise DataError(f"{path}: NaN or infinite samples")
-            heard = heard or bool(np.any(x))
-            if last and not frames:
-                raise DataError(f"{path}: no audio (0 samples)")
-            if last and not heard:
-                raise DataError(f"{path}: silent (every sample is 0)")
-            y = rs.push(x.mean(axis=1, dtype=np.float32), last)  # [frames] stereo folded to mono, resampled
-            if len(y):
-                yield np.asarray(y, np.float32)
-            if last:
-                return
+        return None, (one_line(e) if os.path.splitext(path)[1].lower() in _SF_EXTS else "")
+    if f.format == "MP3" and not mp3_length_known(path):
+        f.close()
+        return None, ""
+    return f, ""
+
+
+def _sf_pieces(path: str, f: sf.SoundFile, block_frames: int) -> Iterator[tuple[np.ndarray, bool]]:
+    """soundfile blocks -> (float32 [<= block_frames] channel mean, last)."""
+    while True:
+        try:
+            x = f.read(block_frames, dtype="float32", always_2d=True)  # [<= block_frames, channels]
+        except Exception as e:  # lost sync, unreadable, ...
+            raise DataError(f"{path}: unreadable audio ({one_line(e)})") from None
+        last = len(x) < block_frames or f.tell() >= f.frames
+        yield x.mean(axis=1, dtype=np.float32), last  # [frames] channels folded to mono
+        if last:
+            return
+
+
+def _checked(path: str, pieces: Iterator[tuple[np.ndarray, bool]], rate: int, sample_rate: int,
+             short: Callable[[int], str]) -> Iterator[np.ndarray]:
+    """(mono float32 [n] at `rate` Hz, last) pieces -> validated float32 blocks at `sample_rate` Hz.
+    short(frames) says why a file that decoded `frames` frames is truncated ('' if it is not)."""
+    rs = Resampler(*ratio(rate, sample_rate))
+    frames, heard = 0, False
+    for x, last in pieces:
+        frames += len(x)
+        if frames and last:
+            why = short(frames)
+            if why:
+                raise DataError(f"{path}: truncated ({why})")
+        if not np.all(np.isfinite(x)):  # a NaN or inf in any channel is one in the mean
+            raise DataError(f"{path}: NaN or infinite samples")
+        heard = heard or bool(np.any(x))
+        if last and not frames:
+            raise DataError(f"{path}: no audio (0 samples)")
+        if last and not heard:
+            raise DataError(f"{path}: silent (every sample is 0)")
+        y = rs.push(x, last)  # [about len(x) * sample_rate / rate]
+        if len(y):
+            yield np.asarray(y, np.float32)
+        if last:
+            return
+
+
+def mp3_length_known(path: str) -> bool:
+    """Whether the MPEG audio file `path` states its frame count (a Xing/Info header in its first
+    frame, after any ID3v2 tags), i.e. whether libsndfile knows its length rather than guessing it."""
+    with open(path, "rb") as f:
+        off, head = 0, f.read(10)
+        while head[:3] == b"ID3" and len(head) == 10:
+            size = sum((b & 0x7F) << (7 * (3 - k)) for k, b in enumerate(head[6:10]))  # 4 x 7 bits ("syncsafe")
+            off += 10 + size + (10 if head[5] & 0x10 else 0)  # header, tag, footer
+            f.seek(off)
+            head = f.read(10)
+        f.seek(off)
+        buf = f.read(1 << 16)
+    for i in range(len(buf) - 4):
+        b1, b2, b3 = buf[i + 1], buf[i + 2], buf[i + 3]
+        # The first frame header: 11 sync bits, a version (not 01), a layer (not 00), a bit rate (not
+        # 1111) and a sample rate (not 11).
+        if buf[i] == 0xFF and b1 & 0xE0 == 0xE0 and b1 & 0x18 != 0x08 and b1 & 0x06 and b2 >> 4 != 15 \
+                and b2 & 0x0C != 0x0C:
+            mpeg1, mono = b1 & 0x18 == 0x18, b3 >> 6 == 3
+            side = (17 if mono else 32) if mpeg1 else (9 if mono else 17)  # Layer III side information
+            tag = buf[i + 4 + side:i + 12 + side]
+            return tag[:4] in (b"Xing", b"Info") and len(tag) == 8 and bool(tag[7] & 1)  # flag 1: frame count
+    return False
 
 
 def to_mono_rate(x: np.ndarray, rate: int, sample_rate: int, what: str) -> np.ndarray:

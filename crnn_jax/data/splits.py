@@ -10,8 +10,12 @@ List lines are matched to the data's song names ("<genre>/<path in the genre fol
 file stem: the extension (.au/.wav/...) and any leading layout folders ("genres/", "Data/genres_original/")
 are ignored, and so is case. Songs of the data that no list names are left out of every part.
 
+With --group-by artist|album|folder (random and kfold:K only), whole groups of songs are assigned instead
+(crnn_jax/data/tags.py finds each song's group and assigns them): no artist (album, folder) is on two
+sides, and genres are stratified as far as the groups allow (after scikit-learn's StratifiedGroupKFold).
+
 Whatever the form, the result is {"train", "valid", "test"} -> sorted int64 song indices, pairwise
-disjoint (checked), with train and test non-empty.
+disjoint, and with grouping no group on two sides (checked), with train and test non-empty.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import importlib.resources
 import os
 import re
 import sys
+from typing import Sequence
 
 import numpy as np
 
 from crnn_jax.data import dataset as data
+from crnn_jax.data import tags
 from crnn_jax.config import ConfigError
 from crnn_jax.data.dataset import DataError
 
@@ -39,15 +45,27 @@ FORMS = "random, fault-filtered, kfold:K (with --fold 0..K-1), or a folder holdi
 
 
 def make_split(cfg, ds: data.Dataset) -> dict[str, np.ndarray]:
-    """The split `cfg.split` names, of `ds`'s songs -> {"train", "valid", "test"}: sorted int64 indices.
+    """The split `cfg.split` names, of `ds`'s songs -> {"train", "valid", "test"}: sorted int64 indices;
+    with `cfg.group_by` set, whole groups of songs (see describe).
 
-    Raises ConfigError for a malformed --split/--fold and DataError when the data cannot be split so.
+    Raises ConfigError for a malformed --split/--fold/--group-by and DataError when the data cannot be split so.
     """
-    split = cfg.split.strip()
+    split, by = cfg.split.strip(), getattr(cfg, "group_by", "")
     kfold = re.fullmatch(r"kfold:(.*)", split)
+    what = f"--split {split}" + (f" --group-by {by}" if by else "")
     if cfg.fold != 0 and not kfold:
         raise ConfigError(f"--fold {cfg.fold} only applies to --split kfold:K (got --split {split!r})")
-    if split == "random":
+    if by and by not in tags.GROUPINGS:
+        raise ConfigError(f"--group-by {by!r} is not one of: {', '.join(tags.GROUPINGS)} (or leave it out)")
+    if by and not (split == "random" or kfold):
+        raise ConfigError(f"--group-by {by} applies to --split random or kfold:K; --split {split} defines its "
+                          f"own parts (leave --group-by out)")
+    k = _parse_k(kfold.group(1), cfg.fold) if kfold else 0  # flag errors before any tag is read
+    groups = tags.groups_of(ds, by) if by else None
+    if split == "random" and groups:
+        parts = tags.grouped_random_split(ds.labels, groups, test_fraction=cfg.test_fraction,
+                                          valid_fraction=cfg.valid_fraction, seed=cfg.seed, by=by)
+    elif split == "random":
         parts = data.random_split(ds.labels, test_fraction=cfg.test_fraction, valid_fraction=cfg.valid_fraction,
                                   seed=cfg.seed)
         if not len(parts["test"]):
@@ -55,8 +73,11 @@ def make_split(cfg, ds: data.Dataset) -> dict[str, np.ndarray]:
                             "use more songs, or --split FOLDER with train.txt and test.txt in it")
     elif split == "fault-filtered":
         parts = _fault_filtered(ds, filtered_lists(), where=cfg.data)
+    elif kfold and groups:
+        parts = tags.grouped_kfold_split(ds.labels, groups, k, fold=cfg.fold, valid_fraction=cfg.valid_fraction,
+                                         seed=cfg.seed, by=by)
     elif kfold:
-        parts = kfold_split(ds.labels, kfold.group(1), fold=cfg.fold, valid_fraction=cfg.valid_fraction,
+        parts = kfold_split(ds.labels, k, fold=cfg.fold, valid_fraction=cfg.valid_fraction,
                             seed=cfg.seed, class_names=ds.class_names)
     elif os.path.isdir(split):
         parts = from_lists(ds, read_list_folder(split))
@@ -65,12 +86,23 @@ def make_split(cfg, ds: data.Dataset) -> dict[str, np.ndarray]:
                         f"[, valid.txt])")
     else:
         raise ConfigError(f"--split {split!r} is not one of: {FORMS}")
-    return check_split(parts, len(ds), what=f"--split {split}")
+    parts = check_split(parts, len(ds), what=what, groups=groups)
+    if groups:
+        _say_missing_genres(parts, ds, what + (f" fold {cfg.fold}" if kfold else ""), by)
+    return parts
 
 
-def check_split(parts: dict[str, np.ndarray], n_songs: int, *, what: str = "split") -> dict[str, np.ndarray]:
+def describe(cfg) -> str:
+    """What a split of `cfg` keeps together, for results.json and the cv summary: "songs" (every split is
+    by song) or the --group-by grouping ("artist", "album", "folder")."""
+    return getattr(cfg, "group_by", "") or "songs"
+
+
+def check_split(parts: dict[str, np.ndarray], n_songs: int, *, what: str = "split",
+                groups: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Sorted unique int64 indices per part; raise DataError unless the parts are disjoint, within
-    [0, n_songs), and train and test are non-empty."""
+    [0, n_songs), train and test are non-empty, and, given `groups` ([n_songs] group keys), no group has
+    songs on two sides."""
     out = {k: np.unique(np.asarray(parts.get(k, []), np.int64)) for k in PARTS}
     for i, a in enumerate(PARTS):
         for b in PARTS[i + 1:]:
@@ -82,6 +114,12 @@ def check_split(parts: dict[str, np.ndarray], n_songs: int, *, what: str = "spli
     for k in ("train", "test"):
         if not out[k].size:
             raise DataError(f"{what}: the {k} part is empty")
+    if groups is not None:  # the guarantee a grouped split makes: no artist (album, folder) on two sides
+        side: dict[str, str] = {}
+        for k in PARTS:
+            for i in out[k].tolist():
+                if side.setdefault(groups[i], k) != k:
+                    raise DataError(f"{what}: group {groups[i]!r} has songs in both {side[groups[i]]} and {k}")
     return out
 
 
@@ -221,20 +259,13 @@ def kfold_split(labels: np.ndarray, k, *, fold: int, valid_fraction: float, seed
     Each class's songs are shuffled (seeded by seed) and dealt round-robin to the folds, starting where
     the previous class stopped, so fold sizes differ by at most one song overall. labels: [n_songs].
     """
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--split kfold:{k}: K must be an integer >= 2, e.g. kfold:10") from None
+    k = _parse_k(k, fold)
     counts = {int(c): int(np.sum(labels == c)) for c in np.unique(labels)}
-    if k < 2:
-        raise ConfigError(f"--split kfold:{k}: K must be >= 2")
     smallest = min(counts, key=counts.get)
     if k > counts[smallest]:
         name = class_names[smallest] if smallest < len(class_names) else str(smallest)
         raise ConfigError(f"--split kfold:{k}: K must be <= {counts[smallest]}, the number of songs of the "
                           f"smallest genre ({name}), so that every fold holds every genre")
-    if not 0 <= fold < k:
-        raise ConfigError(f"--fold {fold} is out of range for --split kfold:{k} (0..{k - 1})")
     rng = np.random.default_rng([seed, 11])
     parts: dict[str, list[int]] = {p: [] for p in PARTS}
     start = 0
@@ -248,6 +279,29 @@ def kfold_split(labels: np.ndarray, k, *, fold: int, valid_fraction: float, seed
         parts["valid"] += rest[:n_valid].tolist()
         parts["train"] += rest[n_valid:].tolist()
     return {p: np.array(sorted(v), np.int64) for p, v in parts.items()}
+
+
+def _parse_k(k, fold: int) -> int:
+    """K of --split kfold:K, checked with --fold: ConfigError unless K >= 2 and 0 <= fold < K."""
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--split kfold:{k}: K must be an integer >= 2, e.g. kfold:10") from None
+    if k < 2:
+        raise ConfigError(f"--split kfold:{k}: K must be >= 2")
+    if not 0 <= fold < k:
+        raise ConfigError(f"--fold {fold} is out of range for --split kfold:{k} (0..{k - 1})")
+    return k
+
+
+# --- whole groups (--group-by) ----------------------------------------------------------------------------
+def _say_missing_genres(parts: dict[str, np.ndarray], ds: data.Dataset, what: str, by: str) -> None:
+    """One line when grouping leaves a genre without training or test songs (too few groups of it)."""
+    for k in ("train", "test"):
+        gone = sorted(set(np.unique(ds.labels).tolist()) - set(np.unique(ds.labels[parts[k]]).tolist()))
+        if gone:
+            names = ", ".join(ds.class_names[c] if c < len(ds.class_names) else str(c) for c in gone)
+            _say(f"{what}: no {k} songs of genre(s) {names} (too few {by}s of them to spread over every part)")
 
 
 def _say(msg: str) -> None:

@@ -136,7 +136,7 @@ def evaluate(ds: data_lib.Dataset, split: dict[str, np.ndarray], feats: Features
 
 def run(workdir: str, *, log=print) -> dict:
     """Fit and evaluate both baselines on RUN's split; writes RUN/baseline_mfcc_svm.json; returns its dict."""
-    from crnn_jax import train as train_lib
+    from crnn_jax.training import loop
 
     t0 = time.time()
     try:
@@ -146,7 +146,7 @@ def run(workdir: str, *, log=print) -> dict:
             split_names = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"--workdir {workdir}: needs a training run's config.json and split.json ({e})") from None
-    ds, _ = train_lib.load_data(cfg)
+    ds, _ = loop.load_data(cfg)
     index = {n: i for i, n in enumerate(ds.names)}
     missing = [n for part in split_names.values() for n in part if n not in index]
     if missing:

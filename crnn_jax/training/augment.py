@@ -44,51 +44,14 @@ Random gain (`gain_db`) is drawn by data.sample_batch, as before.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
+
+from crnn_jax.config import AugmentConfig
 
 STREAM = 1_000_003  # folded into PRNGKey(seed): the augmentation key stream, distinct from dropout's
 TIME, FREQ, MIX, EQ, SPEED = 0, 1, 2, 3, 4  # one sub-stream per augmentation
 EQ_KNOTS = 5  # control points of the random EQ curve over the mel axis
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """What to apply; built from a config.Config by `settings_of`. Counts/widths: ints >= 0; alpha, s,
-    eq_db, speed_change: floats >= 0; crop_samples: the crop the network sees (samples), which a speed
-    change resamples its longer read down to. `active` is False when everything is off."""
-
-    time_masks: int = 0
-    time_mask_frames: int = 0
-    freq_masks: int = 0
-    freq_mask_bins: int = 0
-    mixup_alpha: float = 0.0
-    label_smoothing: float = 0.0
-    eq_db: float = 0.0
-    speed_change: float = 0.0
-    crop_samples: int = 0
-
-    @property
-    def spec_masks(self) -> bool:
-        return (self.time_masks > 0 and self.time_mask_frames > 0) or (self.freq_masks > 0 and self.freq_mask_bins > 0)
-
-    @property
-    def soft_targets(self) -> bool:
-        return self.mixup_alpha > 0 or self.label_smoothing > 0
-
-    @property
-    def active(self) -> bool:
-        return self.spec_masks or self.soft_targets or self.eq_db > 0 or self.speed_change > 0
-
-
-def settings_of(cfg) -> Settings:
-    """The augmentation fields of a config.Config."""
-    return Settings(time_masks=cfg.spec_time_masks, time_mask_frames=cfg.spec_time_mask_frames,
-                    freq_masks=cfg.spec_freq_masks, freq_mask_bins=cfg.spec_freq_mask_bins,
-                    mixup_alpha=cfg.mixup_alpha, label_smoothing=cfg.label_smoothing, eq_db=cfg.eq_db,
-                    speed_change=cfg.speed_change, crop_samples=cfg.crop_samples)
 
 
 def example_keys(seed: int, step: jax.Array, first: jax.Array, n: int) -> jax.Array:
@@ -110,14 +73,14 @@ def _bands(key: jax.Array, count: int, width: int, size: int) -> jax.Array:
     return jnp.any((idx >= s[:, None]) & (idx < (s + w)[:, None]), axis=0)
 
 
-def spec_mask(keys: jax.Array, n_frames: int, n_mels: int, s: Settings) -> jax.Array:
+def spec_mask(keys: jax.Array, n_frames: int, n_mels: int, s: AugmentConfig) -> jax.Array:
     """SpecAugment masks: keys [batch] -> bool [batch, n_frames, n_mels], True where the log-mel is masked
     (all False when both mask counts are 0)."""
 
     def one(k_time, k_freq):
-        t = (_bands(k_time, s.time_masks, s.time_mask_frames, n_frames) if s.time_masks
+        t = (_bands(k_time, s.spec_time_masks, s.spec_time_mask_frames, n_frames) if s.spec_time_masks
              else jnp.zeros(n_frames, bool))  # [frames]
-        f = (_bands(k_freq, s.freq_masks, s.freq_mask_bins, n_mels) if s.freq_masks
+        f = (_bands(k_freq, s.spec_freq_masks, s.spec_freq_mask_bins, n_mels) if s.spec_freq_masks
              else jnp.zeros(n_mels, bool))  # [mels]
         return t[:, None] | f[None, :]  # [frames, mels]
 
@@ -183,15 +146,15 @@ def soft_targets(labels: jax.Array, n_classes: int, head: str, smoothing: float,
     return t
 
 
-def apply(s: Settings, keys: jax.Array, audio: jax.Array, labels: jax.Array, *, n_classes: int, head: str,
-          n_frames: int, n_mels: int) -> tuple[jax.Array, jax.Array | None, dict]:
+def apply(s: AugmentConfig, keys: jax.Array, audio: jax.Array, labels: jax.Array, *, n_classes: int, head: str,
+          n_frames: int, n_mels: int, crop_samples: int) -> tuple[jax.Array, jax.Array | None, dict]:
     """Everything `s` turns on, for one device's shard: keys [b] (example_keys), audio [b, samples] (with a
-    speed change: [b, read] -> [b, s.crop_samples]), labels [b] -> (audio [b, samples], targets [b, n_classes] or None when the integer labels are the
+    speed change: [b, read] -> [b, crop_samples], the crop the network sees), labels [b] -> (audio [b, samples], targets [b, n_classes] or None when the integer labels are the
     targets, model keyword arguments: "spec_mask" bool [b, n_frames, n_mels], "band_db" [b, n_mels])."""
     targets, extra = None, {}
     partner = lam = None
     if s.speed_change > 0:
-        audio = resample(audio, speed_rates(keys, s.speed_change), s.crop_samples)
+        audio = resample(audio, speed_rates(keys, s.speed_change), crop_samples)
     if s.mixup_alpha > 0:
         audio, partner, lam = mixup(keys, audio, s.mixup_alpha)
     if s.soft_targets:

@@ -31,13 +31,15 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from crnn_jax import files as files_lib
+from crnn_jax.errors import CheckpointError, one_line as _one_line
 
 
 MANIFEST = "crnn_jax.sha256"
 
 
-class CheckpointError(RuntimeError):
-    """No checkpoint of a workdir that has some is intact."""
 
 
 class Checkpointer:
@@ -80,15 +82,8 @@ class Checkpointer:
     def _write_manifest(self, step: int) -> None:
         d = self._step_dir(step)
         files = {rel: _digest(os.path.join(d, rel)) for rel in _files_under(d) if rel != MANIFEST}
-        tmp = os.path.join(d, f".{MANIFEST}.tmp")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(files, f, indent=0, sort_keys=True)
-            os.replace(tmp, os.path.join(d, MANIFEST))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with files_lib.atomic(os.path.join(d, MANIFEST)) as f:
+            json.dump(files, f, indent=0, sort_keys=True)
 
     def damage(self, step: int) -> str:
         """Why checkpoint `step` fails its file list ('' if it has none or matches it)."""
@@ -112,24 +107,32 @@ class Checkpointer:
                 return f"{rel} is missing" if not os.path.isfile(full) else f"{rel} is unreadable ({e.strerror})"
         return ""
 
-    def restore_intact(self, like: Any, warn: Callable[[str], None] = print) -> tuple[Any, int] | None:
-        """The newest checkpoint that is intact -> (state like `like`, its step); None when there is none at
-        all. Damaged newer ones are moved to `damaged_directory` (by process 0) with a warning naming each;
-        if every checkpoint is damaged, CheckpointError and nothing is moved."""
+    def restore_intact(self, like: Any, warn: Callable[[str], None] = print, *, move_damaged: bool = True
+                       ) -> tuple[Any, int] | None:
+        """The one restore walk (training's resume; predict, export and evaluate read-only): the newest
+        checkpoint that is intact -> (state like `like`, its step); None when there is none at all.
+
+        A checkpoint is passed over when its file list or checksums disagree or orbax cannot read it; its
+        stored shapes are compared with `like` before any array is read, and a difference is a
+        CheckpointError at once (the config, not the files, is wrong). move_damaged: process 0 moves the
+        damaged newer ones to `damaged_directory` (a resumed run must not keep them in its keep-window);
+        False: nothing is moved (the workdir is only read). Either way one warning names them; when every
+        checkpoint is damaged, CheckpointError and nothing is moved.
+        """
         damaged: list[tuple[int, str]] = []
         for step in sorted(self.all_steps(), reverse=True):
-            why = self.damage(step)
+            why = self.damage(step) or self._shapes_differ(like, step)
             if not why:
                 try:
                     state = self.restore(like, step)
                 except jax.errors.JaxRuntimeError:  # the device, not the files (out of memory...)
                     raise
-                except Exception as e:
+                except Exception as e:  # shapes agreed, so the files themselves are damaged
                     why = f"orbax cannot restore it: {_one_line(e)[:200]}"
             if why:
                 damaged.append((step, why))
                 continue
-            if damaged:
+            if damaged and move_damaged:
                 # Several processes: every one has judged the same files before any is moved (the first
                 # barrier), and every one forgets the moved steps (the second), or a process whose manager
                 # still lists a moved step would skip the collective save of that step and hang the rest.
@@ -141,13 +144,36 @@ class Checkpointer:
                              f"to {to} (kept, not deleted); resuming from checkpoint {step}")
                 _barrier(f"crnn_jax_damage_moved_{step}")
                 self._mngr.reload()
+            elif damaged:
+                also = f" (also damaged: {', '.join(str(s) for s, _ in damaged[1:])})" if len(damaged) > 1 else ""
+                warn(f"warning: checkpoint {damaged[0][0]} in {self.directory} is damaged ({damaged[0][1]}); "
+                     f"using the newest intact one, checkpoint {step}{also}")
             return state, step
-        if damaged:
+        if damaged and move_damaged:
             steps = ", ".join(str(s) for s, _ in damaged)
             raise CheckpointError(f"no intact checkpoint in {self.directory} (damaged: {steps}; newest: "
                                   f"{damaged[0][1]}); move that folder aside to start the run over, or choose "
                                   f"another --workdir")
+        if damaged:
+            older = f"; so are the older {', '.join(str(s) for s, _ in damaged[1:])}" if len(damaged) > 1 else ""
+            raise CheckpointError(f"checkpoint {damaged[0][0]} in {self.directory} is unreadable ({damaged[0][1]})"
+                                  f"{older}: train the run again or restore the folder from a copy")
         return None
+
+    def _shapes_differ(self, like: Any, step: int) -> str:
+        """'' when checkpoint `step` stores the shapes of `like`; why it cannot be read when its metadata is
+        damaged. CheckpointError when both are readable and differ. Read from orbax's metadata without loading
+        any array: a restore that fails half-way leaves orbax's pending reads to die noisily at exit."""
+        try:
+            stored = flat_shapes(ocp.StandardCheckpointHandler().metadata(
+                epath.Path(self._step_dir(step)) / "default"))  # the one item CheckpointManager names "default"
+        except Exception as e:  # missing or damaged metadata: the checkpoint cannot be used either way
+            return _one_line(e)[:200]
+        differs = mismatch(flat_shapes(like), stored)
+        if differs:
+            raise CheckpointError(f"checkpoint {step} in {self.directory} does not match the model that "
+                                  f"config.json and classes.json describe: {differs}")
+        return ""
 
     def _set_aside(self, step: int) -> str:
         """Rename checkpoint `step` into damaged_directory (as <step>, or <step>-<n> if taken) -> new path."""
@@ -201,9 +227,6 @@ def _digest(path: str) -> tuple[int, str]:
     return os.path.getsize(path), h.hexdigest()
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
 
 def _as_os_error(e: Exception, directory: str) -> Exception:
     """An orbax/tensorstore failure that is really the operating system's (disk full, permission denied)
@@ -235,3 +258,26 @@ def _to_global(x: Any) -> Any:
 def _to_local(x: Any) -> Any:
     """A global replicated array -> this process's copy, replicated on its own devices."""
     return _rebuild(x, jax.local_devices()) if isinstance(x, jax.Array) else x
+
+
+def flat_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """A pytree of arrays (or orbax array metadata) -> {path as names: shape}; state fields, dict keys
+    and sequence indices alike, so a TrainState and a checkpoint's stored tree compare directly."""
+    out = {}
+    for path, leaf in jax.tree.leaves_with_path(tree):
+        key = tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        out[key] = tuple(leaf.shape)
+    return out
+
+
+def mismatch(model: dict, stored: dict) -> str:
+    """'' when both {path: shape} maps agree, else the first difference in words."""
+    name = "/".join
+    for k in sorted(set(model) | set(stored), key=lambda k: (k[0] != "params", k)):  # parameters first
+        if k not in stored:
+            return f"the checkpoint has no {name(k)}"
+        if k not in model:
+            return f"the checkpoint holds {name(k)}, which the model does not have"
+        if model[k] != stored[k]:
+            return f"{name(k)} is {stored[k]} in the checkpoint, the model needs {model[k]}"
+    return ""

@@ -6,11 +6,12 @@ that is the number reported as `test_accuracy`. Window-level accuracy is reporte
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
 import numpy as np
+
+from crnn_jax import files
 
 
 def song_log_probs(window_logp: np.ndarray, window_song: np.ndarray, songs: np.ndarray) -> np.ndarray:
@@ -68,37 +69,20 @@ def evaluate_scores(window_logp: np.ndarray, window_song: np.ndarray, songs: np.
     }
 
 
-# --- metrics.jsonl ---------------------------------------------------------------------------------------
-def read_metrics(path: str) -> list[dict]:
-    """All complete JSON lines of a metrics file (a torn last line from a kill is ignored)."""
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+def write_run_report(workdir: str, cfg, class_names: Sequence[str], results: dict, metrics_path: str) -> None:
+    """A finished run's results.json, confusion.png (its test songs) and curves.png (metrics.jsonl)."""
+    from crnn_jax.training.runlog import read_rows
 
-
-def truncate_metrics(path: str, last_step: int) -> None:
-    """Keep only lines with step <= last_step (a resumed run rewrites what came after its checkpoint)."""
-    rows = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
-
-
-def append_metrics(path: str, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    files.write_json(os.path.join(workdir, "results.json"), results)
+    test = results["test"]
+    plot_confusion(np.array(test["confusion"]), class_names, os.path.join(workdir, "confusion.png"),
+                   f"{cfg.model.upper()} test songs: accuracy {test['accuracy']:.3f} (n={test['n_songs']})")
+    plot_curves(read_rows(metrics_path), os.path.join(workdir, "curves.png"))
 
 
 # --- pictures --------------------------------------------------------------------------------------------
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot drawing to files only (the Agg backend: never needs a display)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -109,7 +93,7 @@ def _pyplot():
 
 def plot_confusion(conf: np.ndarray, class_names: Sequence[str], path: str, title: str) -> None:
     """Row-normalised confusion matrix with counts, saved as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     conf = np.asarray(conf)
     norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -131,7 +115,7 @@ def plot_confusion(conf: np.ndarray, class_names: Sequence[str], path: str, titl
 
 def plot_curves(rows: list[dict], path: str) -> None:
     """Training and validation loss/accuracy against step, saved as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     train = [r for r in rows if "train_loss" in r]
     evals = [r for r in rows if "eval_loss" in r]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))

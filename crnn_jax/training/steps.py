@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from crnn_jax.config import AugmentConfig
 from crnn_jax.training import augment as augment_lib
 from crnn_jax import model as model_lib
 from crnn_jax import optim
@@ -78,14 +79,15 @@ def to_audio(crops: jax.Array, gains: jax.Array) -> jax.Array:
 
 
 def make_train_step(net: nn.Module, tx: optax.GradientTransformation, *, head: str, seed: int,
-                    augment: augment_lib.Settings | None = None
+                    augment: AugmentConfig | None = None, crop_samples: int = 0
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure train_step(state, batch) -> (state, metrics) for use under `parallel` (axis AXIS).
 
     batch (this device's shard): "crops" int16 [b, crop] ([b, read] with a speed change), "gains" float32 [b],
     "labels" int32 [b].
     metrics: "loss", "accuracy" (against the unmixed labels) averaged over the global batch.
-    augment: what augment.py applies (None or nothing active: the plain step, unchanged).
+    augment: what augment.py applies (None or nothing active: the plain step, unchanged); crop_samples: the
+    crop the network sees, which a speed change resamples its longer read down to.
     """
     aug = augment if augment is not None and augment.active else None
 
@@ -97,10 +99,10 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation, *, head: s
         if aug is not None:  # keys of (seed, step, index in the global batch): their own stream
             b = audio.shape[0]
             keys = augment_lib.example_keys(seed, state.step, jax.lax.axis_index(AXIS) * b, b)
-            crop = aug.crop_samples if aug.speed_change > 0 else audio.shape[-1]  # a speed change reads more
+            crop = crop_samples if aug.speed_change > 0 else audio.shape[-1]  # a speed change reads more
             audio, targets, extra = augment_lib.apply(
                 aug, keys, audio, batch["labels"], n_classes=net.n_classes, head=head,
-                n_frames=net.mel_config.n_frames(crop), n_mels=net.mel_config.n_mels)
+                n_frames=net.mel_config.n_frames(crop), n_mels=net.mel_config.n_mels, crop_samples=crop)
 
         def loss_of(params):
             logits, updated = net.apply({"params": params, "batch_stats": state.batch_stats}, audio, train=True,

@@ -1,0 +1,80 @@
+"""`crnn-jax evaluate`'s work: a model (workdir or model file) scored on a folder or split, into a new folder.
+
+A song is scored as training's test pass scores it (training.evaluator); `out` receives results.json (song
+and window accuracy, per-class precision/recall/F1, confusion matrices) and confusion.png; the model's
+workdir is never written.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from crnn_jax import files
+from crnn_jax.data import splits
+from crnn_jax.errors import ConfigError, DataError
+from crnn_jax.inference import predictor as predictor_lib
+from crnn_jax.training import report
+from crnn_jax.training.evaluator import relabel, score
+from crnn_jax.training.loop import load_data
+
+PARTS = ("test", "valid", "train", "all")
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_out(out: str, workdir: str | None, model: str | None) -> None:
+    """Refuse an --out that would write into the training workdir or over anything that is not ours."""
+    if workdir and _inside(out, workdir):
+        raise ConfigError(f"--out {out} is inside the training workdir {workdir}; evaluation never writes "
+                          "there: name another folder")
+    if model and os.path.realpath(out) == os.path.realpath(model):
+        raise ConfigError(f"--out {out} is the model file; name a folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a file; name a folder")
+    if os.path.isdir(out):
+        foreign = sorted(set(os.listdir(out)) - {"results.json", "confusion.png"})
+        if foreign:
+            raise ConfigError(f"--out {out} already holds other files ({foreign[0]}, ...); name a new or empty "
+                              "folder (or one an earlier evaluation wrote)")
+
+
+def run(*, out: str, model: str | None = None, workdir: str | None = None, part: str = "test",
+        changes: dict | None = None, log=print) -> dict:
+    """Score the model of `model` (a file) or `workdir` on the `part` of its data and split (with config
+    `changes`: data, split, fold, group_by, cache_dir), write results.json and confusion.png into `out`
+    -> the results dict."""
+    check_out(out, workdir, model)
+    predictor = predictor_lib.Predictor.from_file(model) if model else predictor_lib.load_model(workdir)
+    cfg = predictor.cfg.replace(**(changes or {}))
+    if part == "all" and cfg.data != "synthetic":  # every song: no split to make (a folder too small for one is fine)
+        from crnn_jax.data import loaders
+
+        ds, split = loaders.load_dataset(cfg), None
+    else:
+        ds, split = load_data(cfg)
+    ds = relabel(ds, predictor.class_names)
+    songs = np.arange(len(ds), dtype=np.int64) if part == "all" else split[part]
+    if not len(songs):
+        raise DataError(f"the {part} part of split {cfg.split!r} of {cfg.data} holds no songs; "
+                        "choose another --part or --split")
+    log(f"evaluate: {model or workdir} on {cfg.data} ({part} part of split {cfg.split}: "
+        f"{len(songs)} songs)")
+    ev = score(cfg, predictor.state, ds, songs)
+    results = {"model": model or workdir, "data": cfg.data, "split": cfg.split, "fold": cfg.fold,
+               "grouping": splits.describe(cfg),
+               "part": part, "accuracy": ev["accuracy"], "window_accuracy": ev["window_accuracy"],
+               "n_songs": ev["n_songs"], "class_names": list(ds.class_names),
+               "songs": [ds.names[i] for i in songs], part: ev}
+    os.makedirs(out, exist_ok=True)
+    files.write_json(os.path.join(out, "results.json"), results)
+    report.plot_confusion(np.array(ev["confusion"]), ds.class_names, os.path.join(out, "confusion.png"),
+                          f"{cfg.model.upper()} {part} songs: accuracy {ev['accuracy']:.3f} "
+                          f"(n={ev['n_songs']})")
+    log(f"accuracy {ev['accuracy']:.4f} by song ({ev['n_songs']} songs), {ev['window_accuracy']:.4f} by window; "
+        f"results in {out}")
+    return results
