@@ -2,17 +2,20 @@
 
     python -m crnn_jax.bench mel [--batch 16] [--seconds 30] [--repeats 10] [--json FILE]
     python -m crnn_jax.bench train [--batch-sizes 4,32,256] [--crops 3,30] [--preset choi|cpu] [--json FILE]
+    python -m crnn_jax.bench ingest FOLDER [--make N] [--workers 1,2] [--repeats R] [--json FILE]
 
 `mel` (bench_mel.py): the jitted log-mel front end (mel.log_mel_spectrogram, default MelConfig) beside
 librosa doing the same work clip by clip in the same run. `train` (bench_train.py): the training call
 train.py makes (steps.parallel(make_multi_step(make_train_step))) beside the PyTorch twin in
-experiments/torch_reference.py, same shapes, weights and inputs. To add a subcommand, write a module with
-`add_args(parser)` and a runner, and register them in `_SUBCOMMANDS`.
+experiments/torch_reference.py, same shapes, weights and inputs. `ingest` (benchmarks/ingest.py):
+audio-hours per minute decoded from a folder into the cache with 1 and N worker processes, and peak RSS.
+To add a subcommand, write a module with `add_args(parser)` and a runner, and register them in `_SUBCOMMANDS`.
 """
 
 import argparse
 import sys
 
+from crnn_jax.benchmarks import ingest as _ingest
 from crnn_jax.benchmarks import mel_speed as _mel
 from crnn_jax.benchmarks import train_step as _train
 
@@ -23,6 +26,7 @@ bench_train = _train.bench_train
 _SUBCOMMANDS = {
     "mel": (_mel.add_args, bench_mel, "log-mel front end vs librosa"),
     "train": (_train.add_args, bench_train, "training step vs the PyTorch twin"),
+    "ingest": (_ingest.add_args, _ingest.bench_ingest, "decoding a folder into the cache, 1 vs N processes"),
 }
 
 

@@ -38,13 +38,17 @@ class Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def run(prog: str, work: Callable[[], int | None], *, places: Callable[[], Sequence[tuple[str, str]]] = lambda: (),
-        oom_advice: Callable[[], str] | None = None, interrupted: str = "") -> int:
-    """work() -> its exit status (None = 0); every failure a user can act on -> `prog: error: <one line>` on
-    stderr and its status. places: (flag, folder) pairs naming where a failing path lives (errors.explain);
-    oom_advice: what to change when the device runs out of memory; interrupted: what Ctrl-C leaves."""
+def run(prog: str, parse: Callable[[], argparse.Namespace], work: Callable[[argparse.Namespace], int | None], *,
+        places: Callable[[argparse.Namespace | None], Sequence[tuple[str, str]]] = lambda args: (),
+        oom_advice: Callable[[argparse.Namespace | None], str] | None = None, interrupted: str = "") -> int:
+    """A command: parse() -> args, work(args) -> its exit status (None = 0); every failure a user can act on ->
+    `prog: error: <one line>` on stderr and its status (module docstring). places(args): (flag, folder) pairs
+    naming where a failing path lives (errors.explain); oom_advice(args): what to change when the device runs
+    out of memory; interrupted: what Ctrl-C leaves behind. args is None when parsing itself failed."""
+    args = None
     try:
-        return int(work() or 0)
+        args = parse()
+        return int(work(args) or 0)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -55,7 +59,7 @@ def run(prog: str, work: Callable[[], int | None], *, places: Callable[[], Seque
         print(f"{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
         return 130
     except Exception as e:  # out of memory, a full disk, permissions: one line; anything else is a bug
-        line = explain(e, places(), *((oom_advice(),) if oom_advice else ()))
+        line = explain(e, places(args), *((oom_advice(args),) if oom_advice else ()))
         if line is None:
             raise
         print(f"{prog}: error: {line}", file=sys.stderr)

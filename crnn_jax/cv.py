@@ -62,33 +62,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def evaluate(args: argparse.Namespace) -> None:
+    """Every (seed, fold) trained or resumed, scored beside MFCC+SVM, summarised (kfold.driver.run_all)."""
+    cfg = cmdline.config_of(args, lambda: "cpu", owned=OWNED)
+    if cfg.data == "synthetic":
+        raise ConfigError("--data: k-fold evaluation needs a folder of genre sub-folders (or tfds:gtzan); "
+                          "the built-in synthetic set has its own random split")
+    if not args.no_baseline:  # checked before any fold trains: the baseline needs scikit-learn
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise ConfigError("the MFCC+SVM baseline needs scikit-learn: pip install 'crnn_jax[kfold]', or pass "
+                              "--no-baseline") from None
+    from crnn_jax.kfold import driver
+    from crnn_jax.kfold.summary import plus_minus as pm
+
+    driver.compilation_cache(cfg)
+    args.out = args.out or os.path.join("runs", f"cv-{cfg.model}-{os.path.basename(os.path.normpath(cfg.data))}")
+    s = driver.run_all(cfg, args.out, args.folds, args.seeds, with_baseline=not args.no_baseline)
+    print(f"{s['model'].upper()} {pm(s['network'])}"
+          + (f"; MFCC+SVM {pm(s['baseline'])}; difference {pm(s['difference'])}" if "baseline" in s else "")
+          + f"; summary in {os.path.join(args.out, 'summary.md')}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    out = None
-
-    def work() -> None:
-        nonlocal out
-        args = parse_args(argv)
-        cfg = cmdline.config_of(args, lambda: "cpu", owned=OWNED)
-        if cfg.data == "synthetic":
-            raise ConfigError("--data: k-fold evaluation needs a folder of genre sub-folders (or tfds:gtzan); "
-                              "the built-in synthetic set has its own random split")
-        if not args.no_baseline:  # checked before any fold trains: the baseline needs scikit-learn
-            try:
-                import sklearn  # noqa: F401
-            except ImportError:
-                raise ConfigError("the MFCC+SVM baseline needs scikit-learn: pip install 'crnn_jax[kfold]', or pass "
-                                  "--no-baseline") from None
-        from crnn_jax.kfold import driver
-        from crnn_jax.kfold.summary import plus_minus as pm
-
-        driver.compilation_cache(cfg)
-        out = args.out or os.path.join("runs", f"cv-{cfg.model}-{os.path.basename(os.path.normpath(cfg.data))}")
-        s = driver.run_all(cfg, out, args.folds, args.seeds, with_baseline=not args.no_baseline)
-        print(f"{s['model'].upper()} {pm(s['network'])}"
-              + (f"; MFCC+SVM {pm(s['baseline'])}; difference {pm(s['difference'])}" if "baseline" in s else "")
-              + f"; summary in {os.path.join(out, 'summary.md')}")
-
-    return cmdline.run(PROG, work, places=lambda: [("--out", out or "runs")],
+    return cmdline.run(PROG, lambda: parse_args(argv), evaluate, places=lambda args: [("--out", (args and args.out) or "runs")],
                        interrupted="run the same command again to resume")
 
 

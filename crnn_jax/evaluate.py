@@ -40,19 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = None
-
-    def work() -> None:
-        nonlocal args
+    def work(args: argparse.Namespace) -> None:
         from crnn_jax.inference import evaluation
 
-        args = parse_args(argv)
         changes = {k: getattr(args, k) for k in ("data", "split", "fold", "group_by", "cache_dir")
                    if getattr(args, k) is not None}
-        evaluation.run(out=args.out, model=args.model, workdir=args.workdir and args.workdir, part=args.part,
-                       changes=changes)
+        evaluation.run(out=args.out, model=args.model, workdir=args.workdir, part=args.part, changes=changes)
 
-    return cmdline.run(PROG, work, places=lambda: [("--out", args.out if args else ".")])
+    return cmdline.run(PROG, lambda: parse_args(argv), work, places=lambda args: [("--out", args.out if args else ".")])
 
 
 if __name__ == "__main__":

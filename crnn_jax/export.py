@@ -27,28 +27,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def write(args: argparse.Namespace) -> None:
+    """Check --out (never another program's file), load the workdir's tested checkpoint, write the file."""
+    from crnn_jax.inference import modelfile, predictor
+
+    if os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out} is a folder; name the file to write, e.g. {args.out}/model.crnn")
+    if os.path.exists(args.out) and not modelfile.is_model_file(args.out):
+        raise ConfigError(f"--out {args.out} exists and is not a crnn_jax model file; it is left alone: "
+                          "name another file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise ConfigError(f"--out {args.out}: folder {os.path.dirname(args.out)} does not exist")
+    p = predictor.load_model(args.workdir)
+    n = modelfile.write_model(args.out, p.cfg, p.class_names, p.state)
+    print(f"{args.out}: {n / 1e6:.2f} MB, step {int(p.state.step)}, {len(p.class_names)} genres "
+          f"({', '.join(p.class_names)})")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = None
-
-    def work() -> None:
-        nonlocal args
-        from crnn_jax.inference import modelfile, predictor
-
-        args = parse_args(argv)
-        if os.path.isdir(args.out):
-            raise ConfigError(f"--out {args.out} is a folder; name the file to write, e.g. {args.out}/model.crnn")
-        if os.path.exists(args.out) and not modelfile.is_model_file(args.out):
-            raise ConfigError(f"--out {args.out} exists and is not a crnn_jax model file; it is left alone: "
-                              "name another file")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise ConfigError(f"--out {args.out}: folder {os.path.dirname(args.out)} does not exist")
-        p = predictor.load_model(args.workdir)
-        n = modelfile.write_model(args.out, p.cfg, p.class_names, p.state)
-        print(f"{args.out}: {n / 1e6:.2f} MB, step {int(p.state.step)}, {len(p.class_names)} genres "
-              f"({', '.join(p.class_names)})")
-
-    return cmdline.run(PROG, work, places=lambda: [("--out", os.path.dirname(os.path.abspath(args.out))
-                                                    if args else ".")])
+    return cmdline.run(PROG, lambda: parse_args(argv), write,
+                       places=lambda args: [("--out", os.path.dirname(os.path.abspath(args.out)) if args else ".")])
 
 
 if __name__ == "__main__":

@@ -51,13 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = None
-
-    def work() -> int:
-        nonlocal args
+    def work(args: argparse.Namespace) -> int:
         from crnn_jax.inference import library, predictor
 
-        args = parse_args(argv)
         out = library.Outputs(top=args.top, as_json=args.json, csv=args.csv, plot=args.plot,
                               playlists=args.playlists, min_probability=args.min_probability)
         out.check(len(args.files), os.path.isdir(args.files[0]))  # before a model is loaded
@@ -65,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                  else predictor.load_models(args.workdir, batch_size=args.batch_size))
         return library.predict_library(model, args.files, out, say=lambda m: print(m, file=sys.stderr))
 
-    return cmdline.run(PROG, work, places=lambda: [(f, p) for f, p in (("--csv", args and args.csv),
-                                                                       ("--playlists", args and args.playlists),
-                                                                       ("--plot", args and args.plot)) if p])
+    return cmdline.run(PROG, lambda: parse_args(argv), work, places=lambda args: [
+        (flag, path) for flag, path in (("--csv", args and args.csv), ("--playlists", args and args.playlists),
+                                        ("--plot", args and args.plot)) if path])
 
 
 if __name__ == "__main__":

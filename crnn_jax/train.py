@@ -42,20 +42,18 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    state: dict = {}
-
-    def work() -> None:
+    def work(args: argparse.Namespace) -> None:
         import jax
 
         from crnn_jax.training import loop
 
-        args = parse_args(argv)
         dist.initialize(dist.launch_of(args))  # before any other JAX call, jax.default_backend() included
-        state["cfg"] = cmdline.config_of(args, jax.default_backend)
-        loop.train(state["cfg"])
+        args.cfg = cmdline.config_of(args, jax.default_backend)
+        loop.train(args.cfg)
 
-    return cmdline.run(PROG, work, places=lambda: workdir_lib.places(state.get("cfg")),
-                       oom_advice=lambda: workdir_lib.oom_advice(state.get("cfg")),
+    cfg_of = lambda args: getattr(args, "cfg", None)  # noqa: E731  (None until the flags made a Config)
+    return cmdline.run(PROG, lambda: parse_args(argv), work, places=lambda args: workdir_lib.places(cfg_of(args)),
+                       oom_advice=lambda args: workdir_lib.oom_advice(cfg_of(args)),
                        interrupted="rerun with the same --workdir to resume")
 
 

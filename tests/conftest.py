@@ -1,11 +1,23 @@
-"""Shared test fixtures. Tests run on the CPU; multi-device tests start subprocesses with
-XLA_FLAGS=--xla_force_host_platform_device_count=N, since the device count is fixed per process."""
+"""Shared test fixtures and the two tiers of the suite.
+
+    python -m pytest                   # everything (what CI runs)
+    python -m pytest -m "not slow"     # the fast tier, for every edit: every module, every cheap oracle
+
+`slow` marks a test that trains more than a few steps or starts a process (pyproject.toml registers it);
+`gpu` one that needs a GPU. Tests run on the CPU with one device; two devices in one process are simulated
+with jax.vmap(axis_name=steps.AXIS), which runs the same pmeans and cross-device BatchNorm; tests of real
+devices and processes start subprocesses with XLA_FLAGS=--xla_force_host_platform_device_count=N, since the
+device count is fixed per process.
+
+What many tests read is trained once per session (the fixtures below): one smoke run, its exported model
+file, and one run of 2 devices in one process. Tests only read them; a test that changes one copies it first.
+"""
 
 import os
 import subprocess
 import sys
-
 import tempfile
+import types
 
 # One persistent XLA compilation cache for the whole test session, in-process and in subprocesses: the
 # smoke preset compiles to the same programs again and again, and compiling dominates the suite's time.
@@ -19,6 +31,11 @@ from crnn_jax.training import loop  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+SMOKE = os.path.join(ROOT, "experiments", "smoke.py")  # 6 steps, a checkpoint every 2 (4 and 6 kept)
+# The 2-device run: 8 steps without dropout (a device's dropout masks are its own), a checkpoint every 4 so
+# that test_distributed can kill a run after its first checkpoint and before its end.
+TWO_DEVICE_ARGS = ["--config", SMOKE, "--dropout", "0", "--max-steps", "8", "--log-every", "1",
+                   "--checkpoint-every", "4"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -26,9 +43,6 @@ def _cache_in_tmp(tmp_path_factory):
     """Keep the decoded-audio cache of the whole session out of the user's home."""
     os.environ.setdefault("CRNN_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield
-
-
-SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 
 
 def snapshot(directory) -> list[tuple[str, int, int]]:
@@ -43,14 +57,54 @@ def snapshot(directory) -> list[tuple[str, int, int]]:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> str:
-    """The workdir of one smoke-preset training run, shared by the whole session. Tests only read it
-    (test_predict snapshots it to prove that); a test that needs to damage one copies it first."""
+def smoke_record(tmp_path_factory) -> types.SimpleNamespace:
+    """One smoke-preset training run, shared by the whole session: workdir, the results train() returned,
+    and how often the train step was traced while it ran (once: test_train checks it)."""
     from crnn_jax import config as config_lib
 
+    traces = []
+    real = loop.steps_lib.make_train_step
+
+    def counting(*a, **k):
+        step = real(*a, **k)
+
+        def traced(state, batch):
+            traces.append(1)  # runs only while tracing
+            return step(state, batch)
+
+        return traced
+
     cfg = config_lib.load_preset(SMOKE).replace(workdir=str(tmp_path_factory.mktemp("smoke") / "run"))
-    loop.train(cfg, log=lambda *_: None)
-    return cfg.workdir
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loop.steps_lib, "make_train_step", counting)
+        results = loop.train(cfg, log=lambda *_: None)
+    return types.SimpleNamespace(cfg=cfg, workdir=cfg.workdir, results=results, traces=len(traces))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_record) -> str:
+    """The workdir of the session's smoke run (smoke_record). Tests only read it (test_predict and
+    test_evaluate snapshot it to prove that); a test that needs to damage or extend it copies it first."""
+    return smoke_record.workdir
+
+
+@pytest.fixture(scope="session")
+def smoke_model(smoke_run, tmp_path_factory) -> str:
+    """The smoke run exported once (`crnn-jax export`): the session's model file. Read only."""
+    from crnn_jax import export
+
+    path = str(tmp_path_factory.mktemp("model") / "genres.crnn")
+    assert export.main(["--workdir", smoke_run, "--out", path]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def two_device_run(tmp_path_factory) -> str:
+    """The workdir of TWO_DEVICE_ARGS trained by one process with 2 host devices (a real pmap over two
+    devices): the reference of test_train's one-device run and of test_distributed's two processes."""
+    wd = str(tmp_path_factory.mktemp("two_devices") / "run")
+    run_module("crnn_jax.train", *TWO_DEVICE_ARGS, "--workdir", wd, devices=2)
+    return wd
 
 
 def run_module(module: str, *args: str, devices: int = 1, timeout: float = 300, env: dict | None = None,

@@ -15,11 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_module
+from conftest import ROOT, TWO_DEVICE_ARGS
 
-SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 # 8 steps, a checkpoint every 4: a run can be killed after its first checkpoint, before its end.
-ARGS = ["--config", SMOKE, "--dropout", "0", "--max-steps", "8", "--log-every", "1", "--checkpoint-every", "4"]
+ARGS = TWO_DEVICE_ARGS
 
 
 def free_port() -> int:
@@ -92,14 +91,13 @@ def kill_after_first_checkpoint(procs, workdir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The same 8 steps as 1 process with 2 devices, and as 2 processes with 1 device each that are both
-    killed after the checkpoint at step 4 and then started again with the same command and port.
-    (One 2-process run serves both tests: each costs ~20-40 s here, mostly process 1 compiling, since
-    JAX writes the persistent compilation cache from process 0 only.)"""
+def runs(tmp_path_factory, two_device_run):
+    """The same 8 steps as 1 process with 2 devices (conftest's two_device_run), and as 2 processes with 1
+    device each that are both killed after the checkpoint at step 4 and then started again with the same
+    command and port. (One 2-process run serves both tests: each costs ~20-40 s here, mostly process 1
+    compiling, since JAX writes the persistent compilation cache from process 0 only.)"""
     base = tmp_path_factory.mktemp("dist")
-    one, two, port = str(base / "one"), str(base / "two"), free_port()
-    run_module("crnn_jax.train", *ARGS, "--workdir", one, devices=2)
+    one, two, port = two_device_run, str(base / "two"), free_port()
     logs = [base / "logs-killed", base / "logs-resumed"]
     for d in logs:
         d.mkdir()
@@ -135,6 +133,7 @@ def assert_same_results(got, want):
     np.testing.assert_allclose(got["valid"]["loss"], want["valid"]["loss"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_numbers_of_one_process_with_two_devices(runs):
     one, killed = metrics(runs["one"]), runs["killed"]
     # Before the kill the two processes ran uninterrupted: the same lines, step by step.
@@ -150,6 +149,7 @@ def test_two_processes_give_the_numbers_of_one_process_with_two_devices(runs):
         assert not {"coordinator", "num_processes", "process_id", "init_timeout"} & set(json.load(f))
 
 
+@pytest.mark.slow
 def test_all_killed_then_resumed_ends_identical(runs):
     assert "resumed from checkpoint at step 4" in read(runs["logs"][1], "p0.out")
     # Every line of the uninterrupted run: the kept ones, and those the resumed processes wrote.
@@ -159,6 +159,7 @@ def test_all_killed_then_resumed_ends_identical(runs):
     assert_same_results(results(runs["two"]), results(runs["one"]))
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_moved_aside_once_and_both_processes_retrain_from_the_previous(
         runs, tmp_path):
     wd = str(tmp_path / "run")
@@ -197,6 +198,7 @@ def one_line_error(logdir, i):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_peer_that_never_arrives_is_one_line_after_the_timeout(tmp_path):
     t0 = time.time()
     with processes(2, free_port(), str(tmp_path / "run"), str(tmp_path), ids=[0], init_timeout=3) as procs:
@@ -206,6 +208,7 @@ def test_a_peer_that_never_arrives_is_one_line_after_the_timeout(tmp_path):
     assert "joined within 3 s (--init-timeout)" in one_line_error(tmp_path, 0)
 
 
+@pytest.mark.slow
 def test_processes_that_disagree_on_the_config_stop_naming_it(tmp_path):
     with processes(2, free_port(), str(tmp_path / "run"), str(tmp_path),
                    extra={1: ["--learning-rate", "0.5"]}) as procs:
@@ -216,6 +219,7 @@ def test_processes_that_disagree_on_the_config_stop_naming_it(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "config.json")  # nothing written before the check
 
 
+@pytest.mark.slow
 def test_a_taken_coordinator_port_is_named(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

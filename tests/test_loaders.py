@@ -454,3 +454,29 @@ def test_a_failed_cache_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pat
     with open(path, "rb") as f:
         assert f.read() == old
     assert os.listdir(tmp_path) == [f"cache.{save}"]
+
+
+# --- the one folder walk ---------------------------------------------------------------------------------
+def test_predict_and_the_loader_walk_folders_alike(tmp_path, capsys):
+    lib = tmp_path / "music"
+    deep = os.path.join(*[f"d{i}" for i in range(1, 9)])  # 8 levels down: the last level walked
+    songs = ["x.wav", os.path.join("jazz", "live", "c.au"), os.path.join("rock", "B.FLAC"),
+             os.path.join("rock", "a.wav"), os.path.join(deep, "deep.wav")]
+    for s in songs + [os.path.join(".hidden", "e.wav"), os.path.join("__MACOSX", "rock", "a.wav"),
+                      os.path.join(deep, "d9", "deeper.wav")]:
+        write(lib / s, tone(440, 8000, 0.5), 8000, subtype="PCM_16")
+    for junk in ("README.txt", "LICENSE", ".DS_Store", os.path.join("rock", "cover.jpg"),
+                 os.path.join("rock", "._a.wav")):
+        (lib / junk).write_bytes(b"junk")
+    (tmp_path / "named.xyz").write_bytes(b"junk")
+    files, skipped = folders.audio_files([str(lib), str(tmp_path / "named.xyz")])
+    # Walk order: a folder's files (sorted) before its sub-folders (sorted); a named file kept as named.
+    assert files == [str(lib / s) for s in (songs[0], songs[4], songs[1], songs[2], songs[3])] + [
+        str(tmp_path / "named.xyz")]
+    assert skipped == {".txt": 1, "(no extension)": 1, ".jpg": 1}  # hidden files are not counted
+    # The loader's songs are the same walk's audio files (the one at the top is outside any genre).
+    groot, found = folders.find_songs(str(lib))
+    assert groot == str(lib) and {os.path.join(groot, s) for s in found} == set(files[1:-1])
+    err = capsys.readouterr().err
+    assert "ignored 5 other file(s) ((no extension), .DS_Store, ._* (macOS metadata), .jpg, .txt)" in err
+    assert "ignored 1 audio file(s) directly in" in err

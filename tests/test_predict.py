@@ -19,6 +19,7 @@ from crnn_jax.training import report
 from crnn_jax.training import steps as steps_lib
 from crnn_jax.data import synth
 from crnn_jax.training import evaluator
+from crnn_jax.inference import predictor as predictor_lib
 
 
 
@@ -29,7 +30,7 @@ def run_dir(smoke_run):
 
 @pytest.fixture(scope="module")
 def predictor(run_dir):
-    return predictor.load_model(run_dir, batch_size=4)
+    return predictor_lib.load_model(run_dir, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_prediction_matches_the_evaluator_song_score(predictor, songs, run_dir, 
     with open(os.path.join(run_dir, "classes.json")) as f:
         classes = json.load(f)["class_names"]
     cfg = predictor.cfg
-    audio = [predictor.read_song(p, cfg.sample_rate) for p in songs]
+    audio = [predictor_lib.read_song(p, cfg.sample_rate) for p in songs]
     results = [predictor.predict(a) for a in audio]
     for res in results:
         probs = [t["probability"] for t in res["top"]]
@@ -99,7 +100,7 @@ def test_long_song_goes_through_in_bounded_batches(predictor, tmp_path, monkeypa
     real_forward, real_gather = predictor._forward, evaluator.song_crops
     monkeypatch.setattr(predictor, "_forward", lambda crops: calls.append(crops.shape) or real_forward(crops))
     monkeypatch.setattr(eval_lib, "song_crops", lambda a, o, c: gathered.append(len(o)) or real_gather(a, o, c))
-    res = predictor.predict(predictor.read_song(path, sr))
+    res = predictor.predict(predictor_lib.read_song(path, sr))
     n_windows = 300 * sr // crop
     assert res["windows"] == n_windows and res["seconds"] == pytest.approx(300.0)
     assert len(calls) == -(-n_windows // b) and all(shape == (b, crop) for shape in calls)
@@ -109,8 +110,8 @@ def test_long_song_goes_through_in_bounded_batches(predictor, tmp_path, monkeypa
 
     # Batched = all at once: a shorter song through batches of 3 (the last one padded) and through one call.
     x = synth.generate_clip(2, seconds=8.0 * crop / sr, sample_rate=sr, seed=3, index=1)
-    one_go = predictor.Predictor(predictor.cfg, predictor.class_names, predictor.state, batch_size=8)
-    in_threes = predictor.Predictor(predictor.cfg, predictor.class_names, predictor.state, batch_size=3)
+    one_go = predictor_lib.Predictor(predictor.cfg, predictor.class_names, predictor.state, batch_size=8)
+    in_threes = predictor_lib.Predictor(predictor.cfg, predictor.class_names, predictor.state, batch_size=3)
     a, b3 = one_go.predict(x), in_threes.predict(x)
     assert a["windows"] == b3["windows"] == 8
     np.testing.assert_allclose(b3["window_probs"], a["window_probs"], atol=1e-5)
@@ -123,7 +124,7 @@ def test_sigmoid_head_reports_each_genres_geometric_mean(predictor):
     cfg = predictor.cfg.replace(head="sigmoid")
     net = model_lib.build_model(cfg, len(predictor.class_names))
     state = steps_lib.create_state(net, steps_lib.make_optimizer(cfg, 1), cfg.crop_samples, seed=1)
-    p = predictor.Predictor(cfg, predictor.class_names, state, batch_size=4)
+    p = predictor_lib.Predictor(cfg, predictor.class_names, state, batch_size=4)
     x = synth.generate_clip(4, seconds=5.7 * cfg.crop_samples / cfg.sample_rate, sample_rate=cfg.sample_rate,
                             seed=2, index=0)
     res = p.predict(x, top=20)
@@ -222,11 +223,11 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one_and_moves_nothing
     _flip_a_byte(os.path.join(ck, "6"))
     before = snapshot(wd)
     warnings = []
-    got = predictor.load_model(wd, batch_size=4, warn=warnings.append)
-    want = predictor.load_model(older, batch_size=4, warn=warnings.append)
+    got = predictor_lib.load_model(wd, batch_size=4, warn=warnings.append)
+    want = predictor_lib.load_model(older, batch_size=4, warn=warnings.append)
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: checkpoint 6 in {ck} is damaged (") \
         and warnings[0].endswith("differs from what was written); using the newest intact one, checkpoint 4")
-    a = predictor.read_song(songs[1], got.sample_rate)
+    a = predictor_lib.read_song(songs[1], got.sample_rate)
     np.testing.assert_array_equal(got.predict(a)["window_probs"], want.predict(a)["window_probs"])
     assert snapshot(wd) == before  # predict writes nothing: the damaged checkpoint stays where it is
     # The CLI says it on stderr, one line, and still predicts.
@@ -337,7 +338,7 @@ def test_library_folder_with_relative_paths_to_csv(run_dir, predictor, tmp_path)
         assert r[1] == predictor.class_names[int(probs.argmax())] and float(r[2]) == probs.max()
         assert probs.sum() == pytest.approx(1.0, abs=1e-4)
     # The CSV row is the library function's answer for the same file.
-    res = predictor.predict(predictor.read_song(str(tmp_path / "music" / good[1]), predictor.sample_rate))
+    res = predictor.predict(predictor_lib.read_song(str(tmp_path / "music" / good[1]), predictor.sample_rate))
     np.testing.assert_allclose(np.array(rows[1][3:], float), [res["probabilities"][c] for c in predictor.class_names],
                                atol=2e-6)
     assert snapshot(str(tmp_path / "runs")) == before
@@ -378,11 +379,11 @@ def test_several_workdirs_are_one_ensemble_of_their_mean_log_probability(run_dir
     other = str(tmp_path / "other")  # another model: the same run's newest checkpoint instead of its best
     shutil.copytree(run_dir, other)
     shutil.rmtree(os.path.join(other, "best"))
-    a, b = predictor.load_model(run_dir), predictor.load_model(other)
-    audio = predictor.read_song(songs[1], a.sample_rate)
+    a, b = predictor_lib.load_model(run_dir), predictor_lib.load_model(other)
+    audio = predictor_lib.read_song(songs[1], a.sample_rate)
     ra, rb = a.predict(audio), b.predict(audio)
     assert not np.allclose(ra["log_probs"], rb["log_probs"])  # two different models
-    ens = predictor.load_models([run_dir, other])
+    ens = predictor_lib.load_models([run_dir, other])
     re = ens.predict(audio, top=3)
     np.testing.assert_allclose(re["log_probs"], (ra["log_probs"] + rb["log_probs"]) / 2, rtol=1e-6, atol=1e-6)
     want = np.exp(re["log_probs"] - np.logaddexp.reduce(re["log_probs"]))

@@ -1,6 +1,7 @@
 """Splits by song: random (stratified), the shipped fault-filtered GTZAN lists, stratified k-fold, user lists;
-every split disjoint, every bad form a one-line error."""
+every split disjoint, every bad form a one-line error; with --group-by, whole groups on one side."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -218,3 +219,46 @@ def test_bad_split_lists_are_one_line_errors(tmp_path):
 def test_check_split_refuses_overlap():
     with pytest.raises(DataError, match="song 2 is in both train and test"):
         splits.check_split({"train": np.array([1, 2]), "test": np.array([2, 3])}, 5)
+
+
+# --- whole groups (--group-by; tags and stratification in test_groups.py) --------------------------------
+def assert_whole_groups(parts, keys):
+    side = {}
+    for k in splits.PARTS:
+        for i in parts[k]:
+            assert side.setdefault(keys[i], k) == k, f"group {keys[i]} in {side[keys[i]]} and {k}"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6), st.booleans()), min_size=4, max_size=25),
+       st.integers(2, 4), st.integers(0, 1000), st.sampled_from([0.0, 0.1, 0.3]))
+def test_grouped_folds_partition_whole_groups(groups, k, seed, valid_fraction):
+    """Groups of 1-6 songs of one genre (or two: the flag), K folds: every part of every fold holds whole
+    groups, every song is tested once, valid comes from the other folds."""
+    names = [f"g{(c + j * two) % 4}/artist{a}/{j}.wav" for a, (c, n, two) in enumerate(groups) for j in range(n)]
+    ds = dataclasses.replace(dataset(sorted(names)), root="/nowhere")  # folder grouping reads no file
+    key = [n.split("/")[1] for n in ds.names]
+    k = min(k, len(groups))
+    folds = [split_of(ds, f"kfold:{k}", group_by="folder", fold=f, seed=seed, valid_fraction=valid_fraction)
+             for f in range(k)]
+    assert sorted(np.concatenate([p["test"] for p in folds]).tolist()) == list(range(len(ds)))
+    for p in folds:
+        assert_whole_groups(p, key)
+        assert sum(len(v) for v in p.values()) == len(ds)
+        assert valid_fraction or not len(p["valid"])
+    parts = split_of(ds, "random", group_by="folder", seed=seed, valid_fraction=valid_fraction)
+    assert_whole_groups(parts, key)
+    assert len(parts["test"])
+
+
+def test_check_split_refuses_a_group_on_two_sides():
+    parts = {"train": np.array([0, 1]), "valid": np.array([2]), "test": np.array([3])}
+    assert splits.check_split(parts, 4, groups=["a", "a", "b", "c"])["valid"].tolist() == [2]
+    with pytest.raises(DataError, match="x: group 'b' has songs in both valid and test"):
+        splits.check_split(parts, 4, what="x", groups=["a", "a", "b", "b"])
+
+
+def test_describe_names_the_grouping():
+    assert splits.describe(Config()) == splits.describe(Config(split="kfold:5", fold=2)) == "songs"
+    assert splits.describe(Config(split="fault-filtered")) == "artist (fault-filtered lists)"
+    assert [splits.describe(Config(group_by=b)) for b in ("artist", "album", "folder")] == ["artist", "album", "folder"]

@@ -22,7 +22,7 @@ def _librosa_log_mel(config):
     try:
         import librosa
     except ImportError:
-        print("librosa is not installed: timing jax only (pip install librosa for the comparison)")
+        print("librosa is not installed: timing jax only (pip install 'crnn_jax[bench]' for the comparison)")
         return None
 
     def run(audio):  # [batch, n_samples] -> list of [n_mels, n_frames]

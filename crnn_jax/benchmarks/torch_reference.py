@@ -121,7 +121,7 @@ class TorchCRNN(nn.Module):
 
 def build_torch_model(cfg, n_classes: int) -> TorchCRNN:
     """The torch twin of model.build_model(cfg, n_classes) for a crnn_jax.config.Config (fp32 only)."""
-    return TorchCRNN(n_classes=n_classes, mel_config=model_lib.mel_config_of(cfg),
+    return TorchCRNN(n_classes=n_classes, mel_config=cfg.mel,
                      time_pools=model_lib.time_pools_of(cfg), conv_channels=tuple(cfg.conv_channels),
                      freq_pools=tuple(cfg.freq_pools), gru_units=tuple(cfg.gru_units),
                      conv_dropout=cfg.conv_dropout_rate(), final_dropout=cfg.final_dropout_rate(), model=cfg.model)
@@ -249,8 +249,9 @@ def make_runner(cfg, n_classes: int, variables: dict[str, Any], inputs, *, gpu: 
     compile = gpu if compile is None else compile
     device = torch.device("cuda" if gpu else "cpu")
     if compile:
-        importlib.import_module("torch._dynamo")  # what torch.compile imports; `import torch._dynamo` here
-        torch._dynamo.reset()  # would make `torch` a local name of this function  # no graphs, guards or recompile counts carried over from another shape
+        # No graphs, guards or recompile counts carried over from another shape. (import_module: an
+        # `import torch._dynamo` statement would make `torch` a local name of this function.)
+        importlib.import_module("torch._dynamo").reset()
     if gpu:
         use_tf32()
         torch.cuda.reset_peak_memory_stats()
@@ -287,7 +288,7 @@ def time_training_step(cfg, n_classes: int, variables: dict[str, Any], inputs, *
         if not gpu:  # eager already: nothing to fall back to
             raise
         compile_error = f"{type(e).__name__}: {e}"[:1000]
-        torch._dynamo.reset()  # imported by the failed make_runner
+        importlib.import_module("torch._dynamo").reset()
         run = make_runner(cfg, n_classes, variables, inputs, gpu=gpu, threads=threads, compile=False)
         first_s = run()
     for _ in range(warmup):

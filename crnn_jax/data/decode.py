@@ -18,7 +18,7 @@ next block and only outputs whose filter support lies inside it are kept; tested
 lossless file decodes to the same samples through either reader. Bad files (unreadable, truncated, no
 audio stream, encrypted, empty, silent, NaN/inf) raise one DataError naming the file.
 
-Lengths. frames_out() is what a file's room in the cache is sized by (loaders._decode_folder clips a song
+Lengths. frames_out() is what a file's room in the cache is sized by (ingest.decode_files clips a song
 to it), so it must never be below what blocks() yields. soundfile's header count is what blocks() stops
 at. For FFmpeg files it is an upper bound from the demuxed packets (decode_av.upper_frames); the room
 left over is closed after decoding, so the cache holds exactly the decoded samples.
@@ -36,13 +36,14 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from crnn_jax.data import decode_av
-from crnn_jax.data.dataset import DataError
+from crnn_jax.errors import DataError
 
 # The first five are libsndfile's (and were the only ones before FFmpeg), so messages listing them still start so.
 AUDIO_EXTS = (".wav", ".au", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".aifc", ".opus", ".m4a", ".mp4", ".aac",
               ".webm", ".wma", ".mka", ".mkv", ".mov")
 # Extensions libsndfile claims: when it cannot open one, its reason is kept beside FFmpeg's.
 _SF_EXTS = (".wav", ".au", ".snd", ".aiff", ".aif", ".aifc", ".flac", ".ogg", ".oga", ".opus", ".mp3")
+_SYNC = re.compile(rb"\xff(?=[\xe0-\xff][\x00-\xff]{2})", re.DOTALL)  # 11 sync bits, room for a 4-byte frame header
 BLOCK_FRAMES = 1 << 18  # frames per read: ~6 s at 44.1 kHz, 2 MiB of float32 stereo
 # libsndfile's header log says "data : 88200 (should be 44078)" (WAV; "SSND : ..." in AIFF) when the file ends early.
 _SHORT_DATA = re.compile(r"^\s*(?:data|SSND)(?: size)?\s*:\s*(\d+)\s*\(should be (\d+)\)", re.IGNORECASE | re.MULTILINE)
@@ -203,12 +204,12 @@ def mp3_length_known(path: str) -> bool:
             head = f.read(10)
         f.seek(off)
         buf = f.read(1 << 16)
-    for i in range(len(buf) - 4):
+    for m in _SYNC.finditer(buf):
+        i = m.start()
         b1, b2, b3 = buf[i + 1], buf[i + 2], buf[i + 3]
         # The first frame header: 11 sync bits, a version (not 01), a layer (not 00), a bit rate (not
         # 1111) and a sample rate (not 11).
-        if buf[i] == 0xFF and b1 & 0xE0 == 0xE0 and b1 & 0x18 != 0x08 and b1 & 0x06 and b2 >> 4 != 15 \
-                and b2 & 0x0C != 0x0C:
+        if b1 & 0x18 != 0x08 and b1 & 0x06 and b2 >> 4 != 15 and b2 & 0x0C != 0x0C:
             mpeg1, mono = b1 & 0x18 == 0x18, b3 >> 6 == 3
             side = (17 if mono else 32) if mpeg1 else (9 if mono else 17)  # Layer III side information
             tag = buf[i + 4 + side:i + 12 + side]

@@ -22,7 +22,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from crnn_jax.data.dataset import DataError
+from crnn_jax.errors import DataError
 
 # Frames a decoder may give beyond the packets' durations, or drop short of a header's length: AAC priming
 # (<= 2112) and padding (< 1024), Opus pre-skip (<= 3840 at 48 kHz), WMA's last partial frame (< 2048).
@@ -53,12 +53,18 @@ def upper_frames(path: str, why_not_sf: str = "") -> tuple[int, int]:
             raise DataError(f"{path}: " + (f"truncated or corrupt ({_reason(e)})" if rate else
                                            f"undecodable audio (corrupt, or encrypted by DRM: {_reason(e)})")) from None
         rate = rate or s.sample_rate or 1
-        if not timed:  # no packet durations to add up: count by decoding
-            with Source(path) as src:
-                return sum(len(x) for x, _ in src.pieces(1 << 16)), src.rate
+        if not timed:  # no packet durations to add up
+            return counted_frames(path)
         seconds = max(float(ticks * s.time_base), _declared_seconds(c, s))
         frames = math.ceil(seconds * rate)
         return frames + frames // 100 + SLACK, rate
+
+
+def counted_frames(path: str) -> tuple[int, int]:
+    """-> (frames, rate): the frames at `rate` Hz the first audio stream of `path` decodes to, counted by
+    decoding it (exact, at decoding's cost). DataError naming the file where blocks() would raise one."""
+    with Source(path) as src:
+        return sum(len(x) for x, _ in src.pieces(1 << 16)), src.rate
 
 
 class Source:

@@ -21,14 +21,14 @@ from collections.abc import Iterator
 
 from crnn_jax.data import cache as cache_lib
 from crnn_jax.data import dataset as data
+from crnn_jax.data import decode
 from crnn_jax.data import ingest
 from crnn_jax.data import splits
 from crnn_jax.data.decode import one_line
 from crnn_jax.data.log import say
 from crnn_jax.errors import DataError
 
-# The one place the audio extensions are taken from: decode.AUDIO_EXTS once decode.py exports it.
-AUDIO_EXTS = splits.AUDIO_EXTS
+AUDIO_EXTS = decode.AUDIO_EXTS  # the extensions decode.py reads: every folder walk takes them from here
 SKIP_DIRS = ("__MACOSX",)
 MAX_DEPTH = 8  # folder levels walked below a folder (bounds symlink loops)
 MACOS_METADATA = "._* (macOS metadata)"
@@ -83,8 +83,8 @@ def load_folder(path: str, *, sample_rate: int, cache: str = "", workers: int = 
     "<genre>/<path below the genre folder>", class_names the sorted genres with usable songs.
 
     Read from the cache under data.cache_dir(cache) when it holds this folder's current state, else
-    decoded into it by `workers` processes (0: one per CPU core; see ingest.decode_files). Bad files
-    are skipped with a warning each; bad folders raise one-line DataErrors."""
+    decoded into it by `workers` processes (0: automatic, one per CPU core for a folder big enough; see
+    ingest.n_workers). Bad files are skipped with a warning each; bad folders raise one-line DataErrors."""
     groot, songs = find_songs(path)
     entry = cache_lib.entry(groot, songs, sample_rate, cache)
     t0 = time.time()

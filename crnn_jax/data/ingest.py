@@ -5,10 +5,11 @@
 Each file's decoded length is known from its header before decoding, so the array (the .npy file `path`,
 or memory when path is None) is allocated once with room for every song, and each file is decoded block
 by block (decode.blocks) straight into its room. With a file, that is done by a pool of `workers` spawned
-processes (0: one per CPU core, fewer for a small folder: see n_workers), each opening the .npy itself and
-writing its song at its place with os.pwrite: a worker holds one block, never a song, and the parent
-holds no audio at all. Files that turn out shorter, or bad, leave gaps, closed at the end by moving the
-songs after them down. The result does not depend on the number of workers, byte for byte.
+processes (0: one per CPU core, fewer for a small folder: see n_workers), which read the headers too
+(FFmpeg's lengths come from demuxing), each opening the .npy itself and writing its song at its place
+with os.pwrite: a worker holds one block, never a song, and the parent holds no audio at all. Files that
+turn out shorter, or bad, leave gaps, closed at the end by moving the songs after them down. The result
+does not depend on the number of workers, byte for byte.
 
 A bad file costs that file only: in a worker its error comes back as a string, (0, why), and the file is
 skipped with a warning; a worker that dies (out of memory, a decoder crash) is one DataError naming the
@@ -42,9 +43,10 @@ from crnn_jax.data.log import say
 from crnn_jax.errors import ConfigError, DataError
 
 LOG_EVERY = 10.0  # s between "decoded i/n files" lines when no progress bar is drawn (logs, pipes)
-# Audio (s) each automatic worker must have to decode: ~3 s of work at ~200x real time (a 2.6 GHz EPYC core
-# decoding 44.1 kHz stereo to 22050 Hz), against ~1 s to start a worker.
-AUTO_SECONDS = 600.0
+# File bytes each automatic worker must have: starting one (a fresh interpreter importing numpy, scipy,
+# soundfile and PyAV) costs ~1 s of a core, and 16 MB is ~16 min of 128 kbit/s MP3, ~2 s of decoding on
+# the 2.6 GHz EPYC core of experiments/BENCHMARKS.md (uncompressed WAV: 1.5 min, its cost bounded the same).
+AUTO_BYTES = 16 << 20
 
 
 def cores() -> int:
@@ -52,16 +54,14 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def n_workers(workers: int, n_files: int, seconds: float) -> int:
-    """Config.workers -> the workers to start for `n_files` files holding `seconds` of audio (>= 1).
+def n_workers(workers: int, n_files: int, n_bytes: int) -> int:
+    """Config.workers -> the workers to start for `n_files` files of `n_bytes` bytes in all (>= 1).
 
-    0 (automatic): one per core, but none that would get under AUTO_SECONDS of audio: starting a worker
-    (a fresh interpreter importing numpy, scipy and soundfile) costs about a second, which a small
-    folder never wins back. Any other number is taken as asked, up to one per file."""
+    0 (automatic): one per core, but none with under AUTO_BYTES of files to decode, which would not win
+    back its start. Any other number is taken as asked, up to one per file."""
     if workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0: one per CPU core), got {workers}")
-    auto = min(cores(), int(seconds // AUTO_SECONDS))
-    return max(1, min(workers or auto, n_files))
+    return max(1, min(workers or min(cores(), n_bytes // AUTO_BYTES), n_files))
 
 
 class Pool:
@@ -163,41 +163,41 @@ def decode_files(groot: str, songs: list[str], sample_rate: int, path: str | Non
     """Songs "<genre>/<path>" below `groot` -> (Dataset of the usable ones at `sample_rate` Hz, their
     audio the .npy file `path` memory-mapped, or memory if path is None; [(song, why)] of those skipped).
 
-    workers: processes (threads when path is None), 0 = automatic (n_workers). n_bytes: the files' size
-    in bytes, for the first message.
+    workers: processes (threads when path is None), 0 = automatic (n_workers, by n_bytes: the files'
+    size in bytes, also reported).
     Raises DataError when no song or only one genre is usable, or a worker process dies."""
     files = [os.path.join(groot, s) for s in songs]
-    t0 = time.time()
-    sizes = np.zeros(len(songs), np.int64)  # samples reserved per song, from its header (~0.3 ms a file)
-    why = [""] * len(songs)  # why each song is skipped, "" = not (yet)
-    for i, f in enumerate(files):
-        sizes[i], why[i] = header(f, sample_rate)
-    reserved = np.concatenate([[0], np.cumsum(sizes)])  # [n + 1] where each song's room starts
-    todo = [i for i in range(len(songs)) if not why[i]]
-    n = n_workers(workers, len(todo), reserved[-1] / sample_rate)
-    how = "in this process" if n == 1 else f"with {n} {'processes' if path else 'threads'}"
-    say(f"decoding {len(songs)} files ({n_bytes / 1e6:.0f} MB) from {groot} at {sample_rate} Hz {how}"
-        + ("; cached after this run" if path else ""))
-    lengths = np.zeros(len(songs), np.int64)  # samples decoded per song, 0 = skipped
-    sink = data.SampleSink(path, int(reserved[-1]))
+    n = n_workers(workers, len(songs), n_bytes)
+    t0, sink = time.time(), None
+    if path:  # a cache that cannot be written fails now, before any worker starts (SampleSink rewrites it)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        open(path, "wb").close()
     try:
         with Pool(n, processes=path is not None) as p:
+            sizes = np.zeros(len(songs), np.int64)  # samples reserved per song, from its header
+            why = [""] * len(songs)  # why each song is skipped, "" = not (yet)
+            for i, (size, bad) in p.each(header, [(f, sample_rate) for f in files], songs):
+                sizes[i], why[i] = size, bad
+            reserved = np.concatenate([[0], np.cumsum(sizes)])  # [n + 1] where each song's room starts
+            sink = data.SampleSink(path, int(reserved[-1]))
+            how = "in this process" if n == 1 else f"with {n} {'processes' if path else 'threads'}"
+            say(f"decoding {len(songs)} files ({n_bytes / 1e6:.0f} MB) from {groot} at {sample_rate} Hz {how}"
+                + ("; cached after this run" if path else ""))
+            todo = [i for i in range(len(songs)) if not why[i]]
+            lengths = np.zeros(len(songs), np.int64)  # samples decoded per song, 0 = skipped
             target = (path, sink.start) if path and p.ex is not None else sink
             calls = [(target, files[i], sample_rate, int(reserved[i]), int(sizes[i])) for i in todo]
             _collect(p.each(decode_song, calls, [songs[i] for i in todo]), todo, lengths, why, t0)
         skipped = [(s, w.replace(os.path.join(groot, ""), "")) for s, w in zip(songs, why) if w]
         for _, w in skipped:  # in song order, whatever order the workers finished in
             say(f"warning: skipping {w}")
-        keep = np.flatnonzero(lengths)  # the usable songs, in order
-        offsets = np.concatenate([[0], np.cumsum(lengths[keep])[:-1]]).astype(np.int64)  # back to back
-        for i, dst in zip(keep, offsets):
-            if reserved[i] != dst:
-                sink.move(int(reserved[i]), int(dst), int(lengths[i]))
-        audio = sink.finish(int(lengths.sum()))
+        audio = _close_gaps(sink, reserved, lengths)
     finally:
-        sink.close()
+        if sink is not None:
+            sink.close()
     if skipped:
         say(f"skipped {len(skipped)} of {len(songs)} files (first: {skipped[0][1]})")
+    keep = np.flatnonzero(lengths)  # the usable songs, in order
     names = [songs[i] for i in keep]
     for genre in sorted({s.split("/", 1)[0] for s in songs} - {s.split("/", 1)[0] for s in names}):
         say(f"warning: genre {genre} has no usable song and is left out")
@@ -208,6 +208,17 @@ def decode_files(groot: str, songs: list[str], sample_rate: int, path: str | Non
     say(f"{len(ds)} songs, {len(ds.class_names)} genres, {ds.lengths.sum() / sample_rate / 3600:.2f} h of audio "
         f"from {groot} ({time.time() - t0:.1f} s)")
     return ds, skipped
+
+
+def _close_gaps(sink: data.SampleSink, reserved: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Songs decoded into their rooms (starting at reserved [n + 1]; lengths [n] samples, 0 = skipped)
+    -> int16 [lengths.sum()], the songs back to back: each moved down to follow the one before."""
+    keep = np.flatnonzero(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths[keep])[:-1]]).astype(np.int64)
+    for i, dst in zip(keep, offsets):
+        if reserved[i] != dst:
+            sink.move(int(reserved[i]), int(dst), int(lengths[i]))
+    return sink.finish(int(lengths.sum()))
 
 
 def _collect(results: Iterator[tuple[int, Any]], todo: list[int], lengths: np.ndarray, why: list[str],

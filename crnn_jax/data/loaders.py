@@ -1,6 +1,6 @@
 """Real audio in: --data (a folder of genre sub-folders, or TensorFlow Datasets' GTZAN) -> Dataset + split.
 
-    python -m crnn_jax.train --data /path/to/genres                  # <genres>/<genre>/*.wav|au|flac|ogg|mp3
+    python -m crnn_jax.train --data /path/to/genres                  # <genres>/<genre>/*.wav|flac|mp3|m4a|...
     python -m crnn_jax.train --data /path/to/Data --split fault-filtered
     python -m crnn_jax.train --data tfds:gtzan[@/path/to/tfds_data_dir]
 
@@ -9,6 +9,7 @@ The entry points; the work is done by
     folders.py   the one folder walk (also predict's), the genre root of a library, load_folder
     cache.py     the decoded-audio cache entry of a folder: fingerprint, read, atomic write
     ingest.py    decoding a list of files into one int16 array on every core (Config.workers)
+    log.py       their messages on stderr ("data: ...", above a progress bar)
     decode.py    one file, block by block: mono, resampled, validated
     tfds.py      TensorFlow Datasets' GTZAN
     splits.py    the split by song (--split)

@@ -24,17 +24,17 @@ import importlib.resources
 import os
 import re
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from crnn_jax.config import ConfigError
 from crnn_jax.data import dataset as data
 from crnn_jax.data import tags
-from crnn_jax.config import ConfigError
 from crnn_jax.data.dataset import DataError
+from crnn_jax.data.decode import AUDIO_EXTS  # the extensions crnn_jax reads
 
 PARTS = ("train", "valid", "test")
-AUDIO_EXTS = (".wav", ".au", ".flac", ".ogg", ".mp3")
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 # GTZAN's own file names: <genre>/<genre>.000NN (100 per genre).
 GTZAN_NAME = re.compile(rf"^({'|'.join(GTZAN_GENRES)})/\1\.000\d\d$")
@@ -93,9 +93,12 @@ def make_split(cfg, ds: data.Dataset) -> dict[str, np.ndarray]:
 
 
 def describe(cfg) -> str:
-    """What a split of `cfg` keeps together, for results.json and the cv summary: "songs" (every split is
-    by song) or the --group-by grouping ("artist", "album", "folder")."""
-    return getattr(cfg, "group_by", "") or "songs"
+    """What a split of `cfg` keeps together, for results.json and the cv summary: the --group-by grouping
+    ("artist", "album", "folder"), "artist (fault-filtered lists)" (those lists keep artists apart), or
+    "songs" (every split is by song at least; a user's list folder may group more, unknown to us)."""
+    if getattr(cfg, "group_by", ""):
+        return cfg.group_by
+    return "artist (fault-filtered lists)" if cfg.split.strip() == "fault-filtered" else "songs"
 
 
 def check_split(parts: dict[str, np.ndarray], n_songs: int, *, what: str = "split",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 import mutagen
 import numpy as np
@@ -42,17 +42,17 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 
-def read_tag(tags, key: str) -> str:
+def read_tag(found, key: str) -> str:
     """The first non-blank value of easy key `key` ("albumartist", "artist", "album") in a mutagen tag
     object (EasyID3, VComment, EasyMP4Tags, or a raw ID3), normalised; "" when absent."""
-    if tags is None:
+    if found is None:
         return ""
-    if isinstance(tags, ID3):
-        frame = tags.get(ID3_FRAMES[key])
+    if isinstance(found, ID3):
+        frame = found.get(ID3_FRAMES[key])
         values = list(frame.text) if frame is not None else []
     else:
         try:
-            values = tags.get(key) or []
+            values = found.get(key) or []
         except (KeyError, ValueError, TypeError):  # a tag type that does not know the key (e.g. ASF)
             values = []
         if isinstance(values, str):
@@ -88,7 +88,7 @@ def folder_group(name: str, by: str) -> str | None:
     dirs = [p for p in name.replace("\\", "/").split("/")[1:-1] if p not in ("", ".")]
     if not dirs:
         return None
-    key = normalise(dirs[-1]) if by == "artist" else "/".join(normalise(d) for d in dirs)
+    key = normalise(dirs[0]) if by == "artist" else "/".join(normalise(d) for d in dirs)
     return key or None
 
 
@@ -106,11 +106,11 @@ def song_group(path: str, by: str, name: str) -> str | None:
     if by not in GROUPINGS:
         raise ValueError(f"by={by!r} is not one of {GROUPINGS}")
     if by != "folder":
-        tags = file_tags(path)
-        artist = read_tag(tags, "albumartist") or read_tag(tags, "artist")
+        found = file_tags(path)
+        artist = read_tag(found, "albumartist") or read_tag(found, "artist")
         if by == "artist" and artist:
             return artist
-        album = read_tag(tags, "album") if by == "album" else ""
+        album = read_tag(found, "album") if by == "album" else ""
         if artist and album:
             return f"{artist}/{album}"
     return folder_group(name, by)
@@ -119,11 +119,11 @@ def song_group(path: str, by: str, name: str) -> str | None:
 def groups_of(ds, by: str) -> tuple[str, ...]:
     """The group of every song of `ds` (a Dataset with `root` and `names`) -> [n_songs] group keys.
 
-    Raises DataError (one line) when the songs are not files (ds.root == "": the synthetic set, TFDS) or
-    when some songs have no group, naming how many, the first, and what to do.
+    Raises ConfigError for an unknown `by`; DataError (one line) when the songs are not files (ds.root ==
+    "": the synthetic set, TFDS) or when some songs have no group, naming how many, the first, what to do.
     """
     if by not in GROUPINGS:
-        raise DataError(f"--group-by {by!r} is not one of: {', '.join(GROUPINGS)}")
+        raise ConfigError(f"--group-by {by!r} is not one of: {', '.join(GROUPINGS)}")
     if not ds.root:
         raise DataError(f"--group-by {by}: these songs are not files in a folder (synthetic or TFDS data), so "
                         f"they have no {by}s; pass --data FOLDER, or leave --group-by out")
@@ -220,21 +220,33 @@ def grouped_random_split(labels: np.ndarray, groups: Sequence[str], *, test_frac
     return _parts_of(inv, np.flatnonzero(to_test), valid)
 
 
-def grouped_kfold_split(labels: np.ndarray, groups: Sequence[str], k: int, *, fold: int, valid_fraction: float,
-                        seed: int, by: str = "group") -> dict[str, np.ndarray]:
-    """K folds of whole groups, stratified by genre as far as the groups allow; fold `fold` is test, and
-    valid takes valid_fraction (of the whole) from the other folds' groups.
+def group_folds(labels: np.ndarray, groups: Sequence[str], k: int, *, seed: int,
+                by: str = "group") -> np.ndarray:
+    """The fold (0..k-1) of every song when whole groups are dealt to k folds, stratified by genre as far as
+    the groups allow; a function of the seed and the (genre, group) of each song, not of their order.
 
-    labels: [n_songs]; groups: [n_songs] group keys. The folds depend on the seed only (not on `fold`), so
-    fold 0..K-1 of one seed test every song exactly once. K (checked by the caller: >= 2, 0 <= fold < K) must
-    be <= the number of groups.
+    labels, groups: [n_songs] -> [n_songs] int64. ConfigError unless 2 <= k <= the number of groups.
     """
     inv, counts = _group_table(labels, groups)
-    if k > len(counts):
+    if not 2 <= k <= len(counts):
         raise ConfigError(f"--split kfold:{k} --group-by {by}: K must be <= {len(counts)}, the number of "
                           f"{by}s, so that every fold tests at least one")
     order = np.random.default_rng([seed, 11]).permutation(len(counts))
-    folds = assign_groups(counts, np.full(k, 1 / k), order)
-    rest = np.flatnonzero(folds != fold)
+    return assign_groups(counts, np.full(k, 1 / k), order)[inv]
+
+
+def grouped_kfold_split(labels: np.ndarray, groups: Sequence[str], k: int, *, fold: int, valid_fraction: float,
+                        seed: int, by: str = "group") -> dict[str, np.ndarray]:
+    """K folds of whole groups (group_folds); fold `fold` is test, and valid takes valid_fraction (of the
+    whole) from the other folds' groups, stratified likewise.
+
+    labels, groups: [n_songs]. The folds depend on the seed only (not on `fold`), so folds 0..K-1 of one
+    seed test every song exactly once. K: checked by the caller (>= 2, 0 <= fold < K) and by group_folds.
+    """
+    inv, counts = _group_table(labels, groups)
+    song_fold = group_folds(labels, groups, k, seed=seed, by=by)
+    group_fold = np.zeros(len(counts), np.int64)
+    group_fold[inv] = song_fold
+    rest = np.flatnonzero(group_fold != fold)
     valid = _valid_from(rest, counts, valid_fraction * k / (k - 1), np.random.default_rng([seed, 17, fold]))
-    return _parts_of(inv, np.flatnonzero(folds == fold), valid)
+    return _parts_of(inv, np.flatnonzero(group_fold == fold), valid)

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import scipy.fft
 
+from crnn_jax import files
 from crnn_jax.data import dataset as data_lib
 from crnn_jax import mel as mel_lib
 from crnn_jax import model as model_lib
@@ -158,8 +159,7 @@ def run(workdir: str, *, log=print) -> dict:
         f"windows ({time.time() - t0:.1f} s)")
     out = {"workdir": workdir, "data": cfg.data, "split": cfg.split, **evaluate(ds, split, feats)}
     out["seconds"] = time.time() - t0
-    with open(os.path.join(workdir, "baseline_mfcc_svm.json"), "w") as f:
-        json.dump(out, f, indent=1)
+    files.write_json(os.path.join(workdir, "baseline_mfcc_svm.json"), out)
     return out
 
 

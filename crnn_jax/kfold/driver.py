@@ -1,32 +1,10 @@
-"""The k-fold driver behind `crnn-jax cv`: every fold and seed trained, scored beside MFCC+SVM, summarised.
+"""The k-fold driver behind `crnn-jax cv` (crnn_jax/cv.py's docstring says what it measures and writes).
 
-    python -m crnn_jax.cv --config experiments/gtzan70.py --data ../shared/data/gtzan-70 --folds 5 --seeds 0,1 \
-        --out runs/cv-crnn
-    ... --model cnn --out runs/cv-cnn                 # any crnn_jax.train flag is passed on to every fold
-    ... --set spec_freq_masks=2 --set mixup_alpha=0.2 # any Config field, by name
-    ... --set ensemble=2                              # two networks a fold, scored as one (below)
-    (the same command again resumes: finished folds are skipped, an interrupted one resumes from its checkpoint)
-
-Every (seed, fold) is one crnn_jax.train run in its own workdir OUT/seed<s>-fold<i>, with --split kfold:K
---fold i --seed s: the songs of each genre are dealt to K folds (splits.kfold_split, shuffled by the seed,
-so every seed is another partition: repeated k-fold), fold i is the test part, and the validation songs
-(valid_fraction of each genre) come from the other K-1 folds, never from the test fold. Then the MFCC+SVM
-baseline (crnn_jax/baseline.py) is fitted on the same training songs, C chosen on the same validation songs,
-and scored on the same test songs (OUT/seed<s>-fold<i>/baseline_mfcc_svm.json).
-
-With ensemble=M (a Config field, so a preset can hold it) every fold trains M networks on the same
-split, member m in OUT/seed<s>-fold<i>-m<m> (member 0 in OUT/seed<s>-fold<i>, as without an ensemble),
-each with its own initialisation, crops, dropout and augmentation (Config.train_seed); a test song's
-score is the members' mean song log-probability, and the summary gives the members' own accuracy beside.
-
-OUT/summary.json and OUT/summary.md: song-level test accuracy per seed and fold for the network and the
-baseline; mean over all runs ± the spread between folds (sample std over a seed's folds, pooled over seeds)
-and between seeds (sample std of the per-seed means); the paired difference network - baseline, by fold and,
-per seed, by song (an exact McNemar test over the songs only one of the two got right); the pooled confusion
-matrix over all test songs of all runs and per-genre recall from it (OUT/summary-confusion.png,
-OUT/summary-confusion-baseline.png); wall time per fold with the load average at its end
-(crnn_jax/cv_summary.py writes them). Folds keep songs apart, not artists: on GTZAN-like data a fold measures
-"a new song of a possibly known artist".
+run_all trains (or skips, or resumes) every (seed, fold) as a training run in OUT/seed<s>-fold<i> with
+--split kfold:K --fold i --seed s (and --group-by, when given, so no group is in two parts), fits the
+MFCC+SVM baseline (kfold/baseline.py) on the same training songs and scores it on the same test songs
+(OUT/seed<s>-fold<i>/baseline_mfcc_svm.json), scores an ensemble of M members by their mean song
+log-probability, and writes the summary after every run (kfold/summary.py).
 """
 
 from __future__ import annotations

@@ -13,13 +13,17 @@ import statistics
 
 import numpy as np
 
-from crnn_jax.training import report
+from crnn_jax import files
 from crnn_jax.config import Config
+from crnn_jax.data import splits
+from crnn_jax.training import report
 
 
 NOTE = ("Folds are by song (every window of a song on one side), not by artist: where one artist or album "
         "has several songs (as adjacent GTZAN clips do), this measures recognising a new song of a possibly "
         "known artist, not artist-filtered generalisation.")
+NOTE_GROUPED = ("Folds are by {g}: every song of a {g} is on one side of each split, so this measures songs of "
+                "{g}s the network has never heard.")
 
 
 def spread(runs: list[dict], key) -> dict:
@@ -66,7 +70,8 @@ def mcnemar(runs: list[dict]) -> dict:
 def summarise(cfg: Config, k: int, seeds: list[int], runs: list[dict], class_names) -> dict:
     s = {"model": cfg.model, "data": cfg.data, "folds": k, "seeds": seeds, "n_runs": len(runs),
          "complete": len(runs) == k * len(seeds),
-         "n_test_songs": sum(r["n_test"] for r in runs), "class_names": list(class_names), "note": NOTE,
+         "n_test_songs": sum(r["n_test"] for r in runs), "class_names": list(class_names),
+         "grouping": splits.describe(cfg), "note": NOTE_GROUPED.format(g=cfg.group_by) if cfg.group_by else NOTE,
          "config": json.loads(cfg.replace(workdir="", seed=0, fold=0, split=f"kfold:{k}").to_json()),
          "network": {**spread(runs, lambda r: r["accuracy"]), **pooled(runs, lambda r: r["confusion"], class_names)},
          "runs": runs, "ensemble": cfg.ensemble}
@@ -97,10 +102,9 @@ def plus_minus(d: dict) -> str:
 
 def write(s: dict, out: str) -> None:
     """summary.json, summary.md and the confusion plots."""
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(s, f, indent=1)
+    files.write_json(os.path.join(out, "summary.json"), s)
     name, has_b = s["model"].upper(), "baseline" in s
-    lines = [f"# {s['folds']}-fold evaluation by song: {name} on {s['data']}", "", s["note"], "",
+    lines = [f"# {s['folds']}-fold evaluation by {s['grouping']}: {name} on {s['data']}", "", s["note"], "",
              ("" if s["complete"] else f"**PARTIAL: {s['n_runs']} of {s['folds'] * len(s['seeds'])} runs "
               "finished; run the same command again to complete it.** ")
              + f"Seeds {', '.join(map(str, s['seeds']))}; {s['n_runs']} runs, {s['n_test_songs']} test songs in all. "
@@ -140,7 +144,7 @@ def write(s: dict, out: str) -> None:
     for g in s["class_names"]:
         lines.append(f"| {g} | {s['network']['recall'][g]:.2f} |"
                      + (f" {s['baseline']['recall'][g]:.2f} |" if has_b else ""))
-    with open(os.path.join(out, "summary.md"), "w") as f:
+    with files.atomic(os.path.join(out, "summary.md")) as f:
         f.write("\n".join(lines) + "\n")
     n = s["n_test_songs"]
     report.plot_confusion(np.array(s["network"]["confusion"]), s["class_names"],

@@ -7,6 +7,7 @@ import glob
 import gzip
 import json
 import os
+import re
 
 # Issue 5's GPU targets, checked against the stages that measure them.
 TARGETS = {"epoch_gtzan": 2.0, "epoch_recipe": 10.0, "torch_ratio": 2.0}
@@ -43,6 +44,28 @@ def summarise_trace(trace_dir: str, top: int = 15) -> dict:
     return {"trace_source": source, "processes": sorted(set(names.values())), "op_total_ms": all_us / 1e3, "top": rows}
 
 
+def judge_pytest(text: str, returncode, backend: str) -> dict:
+    """pytest -v -rs output (returncode None: killed at its timeout) -> {"counts", "summary", "skip_reasons",
+    "failed_tests", "problems", "ok"}. On a GPU run a skip for want of a GPU is a failure: the tests fell
+    back to the CPU."""
+    outcomes = re.findall(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)", text, re.M)
+    lines = text.strip().splitlines()
+    summary = next((l.strip("= ") for l in reversed(lines) if re.search(r"\d+ (passed|failed|skipped|error)", l)), "")
+    skip_reasons = [l for l in lines if l.startswith("SKIPPED")][:5]
+    problems = []
+    if returncode is None:
+        problems.append("killed at its time limit")
+    elif returncode != 0:
+        problems.append(f"pytest exited with {returncode}")
+    if not outcomes:
+        problems.append("no test ran")
+    if backend == "gpu" and any("no GPU" in l for l in skip_reasons):
+        problems.append("tests skipped for want of a GPU on a GPU run: JAX fell back to the CPU")
+    return {"counts": dict(collections.Counter(o.lower() for _, o in outcomes)), "summary": summary,
+            "skip_reasons": skip_reasons, "failed_tests": [n for n, o in outcomes if o in ("FAILED", "ERROR")][:10],
+            "problems": problems, "ok": not problems}
+
+
 def _f(x, fmt="{:.3g}"):
     return "n/a" if x is None else fmt.format(x)
 
@@ -51,25 +74,39 @@ def _mib(x):
     return "n/a" if not x else f"{x / 2**20:,.0f} MiB"
 
 
+def _status(r: dict) -> str:
+    if r.get("running"):
+        return "running (the call ended inside this stage)"
+    if r.get("skipped"):
+        return f"skipped: {r['skipped']}"
+    if r.get("ok"):
+        return "ok"
+    return ("OVERRAN: " if r.get("overran") else "FAILED: ") + r.get("error", "")[:160].replace("\n", " ")
+
+
 def markdown(results: dict) -> str:
     """The Markdown summary of a run.py results dict: one table per stage that produced numbers."""
-    d, st = results["device"], results["stages"]
-    out = [f"# GPU script results ({results['mode']} mode)", "",
-           f"{results['date']}; {d['backend']} ({d['device_kind']}, {d['n_devices']} device(s)); "
-           f"jax {results['versions'].get('jax')}, flax {results['versions'].get('flax')}, "
-           f"torch {results['versions'].get('torch')}; Python {results['python']}; budget {results['budget_s']:.0f} s"
+    d, st, v = results.get("device") or {}, results["stages"], results.get("versions") or {}
+    out = [f"# GPU script results ({results['mode']} mode, {results.get('status', '')})", "",
+           f"{results['date']}; {d.get('backend', 'backend unknown')} ({d.get('device_kind', '?')}, "
+           f"{d.get('n_devices', '?')} device(s)); " + ", ".join(f"{k} {x}" for k, x in v.items() if x)
+           + f"; Python {results['python']}; budget {results['budget_s']:.0f} s"
            + (f", used {results['total_s']:.0f} s" if "total_s" in results else ""), "",
-           "| stage | status | seconds |", "|---|---|---:|"]
+           "| stage | status | limit s | seconds |", "|---|---|---:|---:|"]
     for name, r in st.items():
-        if r.get("partial"):
-            status = "partial: stopped inside the stage"
-        elif r.get("skipped"):
-            status = f"skipped: {r['skipped']}"
-        else:
-            status = "ok" if r.get("ok") else f"FAILED: {r.get('error', '')[:120]}"
-        out.append(f"| {name} | {status} | {_f(r.get('stage_s'), '{:.1f}')} |")
-    if st.get("tests", {}).get("summary"):
-        out += ["", f"Tests (`{st['tests']['command']}`): {st['tests']['summary']}"]
+        out.append(f"| {name} | {_status(r)} | {_f(r.get('limit_s'), '{:.0f}')} | {_f(r.get('stage_s'), '{:.1f}')} |")
+    c = results.get("cache") or {}
+    if c:
+        out += ["", f"Compilation caches: XLA {c.get('xla')} ({c.get('xla_files_at_start')} files at the start), "
+                f"inductor {c.get('inductor')} ({c.get('inductor_files_at_start')}): compile times below are "
+                + ("first compiles." if not c.get("xla_files_at_start") else "partly cache hits.")]
+    b = st.get("backend", {})
+    if b.get("devices"):
+        out += ["", f"Devices: {', '.join(b['devices'])}"]
+    t = st.get("tests", {})
+    if "command" in t:
+        out += ["", f"Tests (`{t['command']}`{', a sanity check of the stage only' if t.get('sanity_only') else ''}): "
+                f"{t.get('summary') or 'no summary'}" + "".join(f"; {p}" for p in t.get("problems", []))]
     m = st.get("mel", {})
     if "clips_per_s" in m:
         out += ["", "## mel", "", "| clips x s | seconds | clips/s | GB/s (XLA bytes) | GB/s (floor bytes) | of peak |",
@@ -88,21 +125,28 @@ def markdown(results: dict) -> str:
                        f"{r['first_epoch_s']:.1f} | {r['data_build_s']:.1f} |")
     for prec in ("fp32", "bf16"):
         g = st.get(f"train_{prec}", {})
-        if not g.get("runs"):
+        if not (g.get("runs") or g.get("failed_points")):
             continue
         out += ["", f"## bench train, {prec} (Choi-size CRNN unless quick; seconds per step, median)", "",
                 "| crop s | batch | impl | s/step | clips/s | TFLOP/s | of peak | peak memory | compile s | jax/torch |",
                 "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in g["runs"]:
             for r in e["rows"]:
+                if "error" in r:
+                    out.append(f"| {e['crop_s']:g} | {e['batch']} | {r['impl']} | failed: {r['error'][:150]} | | | | | | |")
+                    continue
                 ratio = _f(e.get("jax_speedup"), "{:.2f}x") if r["impl"] == "jax" else ""
                 out.append(f"| {e['crop_s']:g} | {e['batch']} | {r['impl']} | {r['median_s']:.4f} | {r['clips_per_s']:.0f} | "
                            f"{r['tflops']:.3f} | {_f(r['peak_fraction'], '{:.1%}')} | {_mib(r.get('peak_bytes') or r.get('xla_bytes'))} | "
                            f"{_f(r.get('compile_s'), '{:.1f}')} | {ratio} |")
+            if e.get("torch_skipped"):
+                out.append(f"| {e['crop_s']:g} | {e['batch']} | torch | not run: {e['torch_skipped'][:150]} | | | | | | |")
         for s in g.get("skipped_points", []):
             out.append(f"| {s['crop_s']:g} | {s['batch']} | skipped: {s['reason']} | | | | | | | |")
-        if g.get("torch_skipped"):
-            out.append(f"\ntorch: {g['torch_skipped']}")
+        for s in g.get("failed_points", []):
+            out.append(f"| {s['crop_s']:g} | {s['batch']} | jax | failed: {s['error'][:150]} | | | | | | |")
+        out += [f"\ntorch.compile failed at crop {e['crop_s']:g} s, batch {e['batch']} (timed eager instead): "
+                f"{r['compile_error'][:300]}" for e in g["runs"] for r in e["rows"] if r.get("compile_error")]
     t = st.get("train_default", {})
     if "wall_s" in t:
         tta = t.get("time_to_accuracy") or {}
@@ -123,11 +167,19 @@ def markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _replace(path: str, text: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
 def write(results: dict, out_dir: str) -> None:
-    """gpu_results.json and gpu_results.md in out_dir, each replaced whole (a reader never sees half)."""
-    for name, text in (("gpu_results.json", json.dumps(results, indent=1, default=str)),
-                       ("gpu_results.md", markdown(results))):
-        tmp = os.path.join(out_dir, f".{name}.tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(out_dir, name))
+    """gpu_results.json, then gpu_results.md, in out_dir, each replaced whole. The JSON does not wait on the
+    Markdown: a rendering error leaves the JSON written and the error in the .md."""
+    _replace(os.path.join(out_dir, "gpu_results.json"), json.dumps(results, indent=1, default=str))
+    try:
+        text = markdown(results)
+    except Exception as e:
+        text = f"# GPU script results\n\nthe Markdown could not be rendered ({type(e).__name__}: {e}); see gpu_results.json\n"
+    _replace(os.path.join(out_dir, "gpu_results.md"), text)
