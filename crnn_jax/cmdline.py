@@ -81,7 +81,7 @@ FLAGS = {  # flag -> (Config field, type)
     "--learning-rate": ("learning_rate", float), "--dropout": ("dropout", float), "--seed": ("seed", int),
     "--workdir": ("workdir", str), "--log-every": ("log_every", int), "--checkpoint-every": ("checkpoint_every", int),
     "--eval-every": ("eval_every", int), "--split": ("split", str), "--fold": ("fold", int),
-    "--group-by": ("group_by", str), "--workers": ("workers", int),
+    "--group-by": ("group_by", str), "--test-data": ("test_data", str), "--workers": ("workers", int),
     "--precision": ("precision", str), "--steps-per-call": ("steps_per_call", int), "--cache-dir": ("cache_dir", str),
     "--data-placement": ("data_placement", str),
     "--eval-hop-seconds": ("eval_hop_seconds", float), "--gain-db": ("gain_db", float),
@@ -101,7 +101,10 @@ HELP = {
     "seed": "seed of parameters, crops, gains and dropout", "workdir": "run folder (default runs/<model>-<data>-seed<seed>)",
     "log_every": "steps between train-metric lines", "checkpoint_every": "steps between checkpoints",
     "eval_every": "steps between validation passes (0 = once per epoch)",
-    "split": "random | fault-filtered | kfold:K | a folder with train.txt/valid.txt/test.txt", "fold": "test fold of kfold:K",
+    "split": "random | fault-filtered | kfold:K | all (with --test-data) | a folder with train.txt/valid.txt/test.txt",
+    "fold": "test fold of kfold:K",
+    "test_data": "with --split all: a folder whose every song is the test set (e.g. other artists, another "
+                 "recording chain) (default: none)",
     "group_by": "keep each group's songs on one side of random and kfold splits: artist | album | folder "
                 "(tags, else the folder above the file; default: none, songs split one by one)",
     "workers": "processes decoding a folder into the cache (0 = one per CPU core)",

@@ -15,16 +15,11 @@ import math
 import os
 from typing import Any
 
+from crnn_jax import config_checks
+from crnn_jax.config_checks import GROUPINGS, MODELS  # noqa: F401  (named by callers)
 from crnn_jax.errors import ConfigError
 from crnn_jax.mel import MelConfig
 
-MODELS = ("crnn", "cnn")
-HEADS = ("softmax", "sigmoid")
-PRECISIONS = ("fp32", "bf16")
-SCHEDULES = ("constant", "cosine")
-AUTO_TIME_POOLS = (2, 3, 4, 4)  # = model.CHOI_TIME_POOLS: automatic time pools exist for this many blocks
-TEST_CHECKPOINTS = ("best", "last")
-GROUPINGS = ("", "artist", "album", "folder")
 
 
 
@@ -42,6 +37,7 @@ class DataConfig:
     split: str = "random"  # random | fault-filtered | kfold:K | a folder with train/valid/test.txt
     fold: int = 0  # which fold is the test fold with split="kfold:K"
     group_by: str = ""  # "" (songs) | artist | album | folder: random/kfold splits keep each group on one side
+    test_data: str = ""  # a folder (or tfds:gtzan) whose every song is the test set, e.g. other artists; "" = none
     test_fraction: float = 0.2  # random split: share of songs per class held out for test
     valid_fraction: float = 0.1  # random split: share of songs per class for validation (0: none)
     cache_dir: str = ""  # decoded-audio cache; "" = ~/.cache/crnn_jax
@@ -144,110 +140,9 @@ class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, Data
     `--set n_mels=64`); a module takes its own section (`cfg.mel`, `cfg.augment`). Validated when built."""
 
     # ------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
-        need(self.model in MODELS, f"--model must be one of {MODELS}, got {self.model!r}")
-        need(self.group_by in GROUPINGS, f"--group-by must be one of {', '.join(g or '(none)' for g in GROUPINGS)}, "
-             f"got {self.group_by!r}")
-        need(isinstance(self.workers, int) and self.workers >= 0, f"--workers must be an integer >= 0 (0 = one per "
-             f"CPU core), got {self.workers!r}")
-        need(self.top_db is None or self.top_db >= 0, f"top_db must be >= 0 dB or None, got {self.top_db!r}")
-        need(self.power > 0, f"power must be > 0, got {self.power!r}")
-        need(self.head in HEADS, f"--head must be one of {HEADS}, got {self.head!r}")
-        need(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
-        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
-        need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
-        need(self.crop_seconds > 0, f"--crop-seconds must be > 0, got {self.crop_seconds}")
-        need(math.isfinite(self.learning_rate) and self.learning_rate > 0,
-             f"--learning-rate must be a positive number, got {self.learning_rate}")
-        need(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
-        need(0.0 <= self.rms_decay < 1.0, f"rms_decay must be in [0, 1), got {self.rms_decay}")
-        need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
-        need(self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}")
-        need(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
-        need(self.steps_per_call >= 1, f"--steps-per-call must be >= 1, got {self.steps_per_call}")
-        need(self.data_placement in ("auto", "device", "host"),
-             f"--data-placement must be one of auto, device, host, got {self.data_placement!r}")
-        need(0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        need(0.0 <= self.valid_fraction < 1.0 - self.test_fraction,
-             f"valid_fraction must be in [0, 1 - test_fraction), got {self.valid_fraction}")
-        need(len(self.conv_channels) == len(self.freq_pools),
-             f"conv_channels {self.conv_channels} and freq_pools {self.freq_pools} need the same length")
-        need(not self.time_pools or len(self.time_pools) == len(self.conv_channels),
-             f"time_pools {self.time_pools} needs one entry per conv block ({len(self.conv_channels)})")
-        self._check_network()
-        need(self.synth_clips_per_class >= 3, f"synth_clips_per_class must be >= 3, got {self.synth_clips_per_class}")
-        need(self.synth_seconds > 0, f"synth_seconds must be > 0, got {self.synth_seconds}")
-        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(isinstance(self.member, int) and self.member >= 0, f"member must be an integer >= 0, got {self.member!r}")
-        need(isinstance(self.ensemble, int) and self.ensemble >= 1,
-             f"ensemble must be an integer >= 1, got {self.ensemble!r}")
-        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        for name in ("spec_time_masks", "spec_time_mask_frames", "spec_freq_masks", "spec_freq_mask_bins"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
-                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        need(self.spec_freq_mask_bins <= self.n_mels,
-             f"spec_freq_mask_bins ({self.spec_freq_mask_bins}) must be <= n_mels ({self.n_mels})")
-        need(math.isfinite(self.mixup_alpha) and self.mixup_alpha >= 0,
-             f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
-        need(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        need(math.isfinite(self.eq_db) and 0.0 <= self.eq_db <= 40.0, f"eq_db must be in [0, 40] dB, got {self.eq_db}")
-        need(math.isfinite(self.speed_change) and 0.0 <= self.speed_change <= 0.5,
-             f"speed_change must be in [0, 0.5] (0.1 = up to 10% faster or slower), got {self.speed_change}")
-        need(self.test_checkpoint in TEST_CHECKPOINTS,
-             f"test_checkpoint must be one of {TEST_CHECKPOINTS}, got {self.test_checkpoint!r}")
-        need(self.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
-
-    def _check_network(self) -> None:
-        """The front end and the pools fit together (checked here, before any audio is decoded): every
-        filter of the mel filterbank covers an FFT bin, every conv block sees >= 1 mel band and >= 1 frame."""
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
-        def positive_ints(name: str, xs: tuple) -> None:
-            need(all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in xs),
-                 f"{name} must hold positive integers, got {xs}")
-
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_gru_steps"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                 f"{name} must be a positive integer, got {v!r}")
-        need(self.hop_length <= self.n_fft, f"hop_length {self.hop_length} is longer than the FFT window "
-             f"n_fft {self.n_fft}: audio between frames would be skipped; use hop_length <= n_fft")
-        nyquist = self.sample_rate / 2
-        need(self.f_max is not None, "f_max must be a frequency in Hz (e.g. the Nyquist frequency), not None")
-        need(0.0 <= self.f_min, f"f_min must be >= 0 Hz, got {self.f_min}")
-        need(self.f_max <= nyquist, f"f_max {self.f_max} Hz is above the Nyquist frequency of sample_rate "
-             f"{self.sample_rate} Hz; set f_max <= {nyquist:g}")
-        need(self.f_min < self.f_max, f"f_min {self.f_min} Hz must be below f_max {self.f_max} Hz")
-        empty = _empty_mel_filters(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max)
-        need(not empty, f"n_mels {self.n_mels} leaves {empty} empty mel filters at n_fft {self.n_fft} between "
-             f"{self.f_min:g} and {self.f_max:g} Hz; lower n_mels or raise n_fft")
-        need(len(self.conv_channels) >= 1, "conv_channels needs at least one conv block")
-        positive_ints("conv_channels", self.conv_channels)
-        positive_ints("freq_pools", self.freq_pools)
-        positive_ints("time_pools", self.time_pools)
-        positive_ints("gru_units", self.gru_units)
-        need(bool(self.time_pools) or len(self.conv_channels) <= len(AUTO_TIME_POOLS),
-             f"{len(self.conv_channels)} conv blocks but automatic time pools exist for at most "
-             f"{len(AUTO_TIME_POOLS)}; give time_pools, one per block")
-        need(math.prod(self.freq_pools) <= self.n_mels,
-             f"freq_pools {self.freq_pools} pool {math.prod(self.freq_pools)} mel bands into one but n_mels is "
-             f"{self.n_mels}: the last conv block would see no band; raise n_mels or lower the pools")
-        # Frames of one crop, as mel.MelConfig.n_frames counts them (centred STFT).
-        frames = 1 + (self.crop_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length
-        need(not self.time_pools or math.prod(self.time_pools) <= frames,
-             f"a {self.crop_seconds} s crop is {frames} frames, fewer than the {math.prod(self.time_pools)} "
-             f"the time_pools {self.time_pools} reduce to one step; use a longer --crop-seconds or smaller pools")
-        need(self.eval_hop_seconds is None or self.eval_hop_seconds > 0,
-             f"eval_hop_seconds must be > 0, got {self.eval_hop_seconds}")
+        config_checks.check(self)  # every field, alone and together: one-line ConfigErrors
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -325,21 +220,6 @@ class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, Data
         # JSON has no tuples: restore them so configs compare equal after a round trip.
         clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**clean)
-
-
-def _empty_mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> int:
-    """How many triangles of mel.mel_filterbank would cover no FFT bin (computed here, without numpy or mel,
-    with the same HTK scale: m = 2595 log10(1 + f / 700), n_mels + 2 edges equally spaced in mel). A filter
-    is non-empty when some bin k * sample_rate / n_fft, k <= n_fft // 2, lies strictly between its edges."""
-    to_mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
-    lo, hi = to_mel(f_min), to_mel(f_max)
-    edges = [700.0 * (10.0 ** ((lo + i * (hi - lo) / (n_mels + 1)) / 2595.0) - 1.0) for i in range(n_mels + 2)]
-    df = sample_rate / n_fft  # Hz between FFT bins
-    empty = 0
-    for lower, upper in zip(edges[:-2], edges[2:]):
-        k = math.floor(lower / df) + 1  # the first bin above the lower edge
-        empty += not (k <= n_fft // 2 and k * df < upper)
-    return empty
 
 
 def load_preset(path: str) -> Config:

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from crnn_jax import mel, ops
-
-CHOI_TIME_POOLS = (2, 3, 4, 4)
+from crnn_jax.config_checks import CHOI_TIME_POOLS  # declared once, where configs are checked
 # Running averages of BatchNorm statistics: 0.9, not flax's 0.99. Runs here are a few hundred steps, and
 # at 0.99 the averages still carried ~26% of their initial values after 135 steps, so evaluation (which
 # uses them) lagged training badly on some seeds (a CRNN scored 0.475 by song where others scored ~0.9).

@@ -10,7 +10,7 @@ RUN/results.json test_accuracy. Nothing else in RUN is touched.
 
 Features (20 MFCCs and deltas of every evaluation window, mean and std: 80 numbers), the two classifiers
 (StandardScaler + RBF SVC on windows, "test_accuracy", and on whole-song statistics, "test_accuracy_songs")
-and the choice of C by validation songs are in crnn_jax/baseline.py, which crnn_jax.cv runs on every fold
+and the choice of C by validation songs are in crnn_jax/kfold/baseline.py, which crnn_jax.cv runs on every fold
 of a k-fold evaluation.
 Measured here (experiments/README.md has the commands): on the built-in synthetic set (experiments/synth_compare.py
 runs, seeds 0-2, 40 test songs each) 0.842 +- 0.038 (windows) and 0.775 +- 0.075 (songs); with
@@ -37,7 +37,7 @@ from crnn_jax.kfold import baseline  # noqa: E402
 from crnn_jax.config import ConfigError  # noqa: E402
 from crnn_jax.data.dataset import DataError  # noqa: E402
 
-# The reusable core (features, classifiers, scoring) lives in crnn_jax/baseline.py; crnn_jax.cv uses it too.
+# The reusable core (features, classifiers, scoring) lives in crnn_jax/kfold/baseline.py; crnn_jax.cv uses it too.
 run, segment_split_demo, song_features = baseline.run, baseline.segment_split_demo, baseline.song_features
 
 

@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SMOKE
 from crnn_jax.training import augment as A
 from crnn_jax import config as config_lib
 from crnn_jax import model as M
 from crnn_jax.training import steps as S
 from crnn_jax.config import AugmentConfig
 
-SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 ON = AugmentConfig(spec_time_masks=2, spec_time_mask_frames=5, spec_freq_masks=2, spec_freq_mask_bins=10,
                    mixup_alpha=0.4, label_smoothing=0.1, eq_db=6.0)
 

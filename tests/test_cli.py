@@ -12,14 +12,13 @@ import sysconfig
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SMOKE
 from crnn_jax import cli
 from crnn_jax import config as config_lib
 from crnn_jax import train as train_lib
 from crnn_jax.config import Config, ConfigError
 from crnn_jax import cmdline
 
-SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 
 
 def test_console_script_dispatches_to_every_module(capsys):
@@ -190,7 +189,8 @@ def test_train_through_the_console_entry_with_new_flags(tmp_path, capsys):
     assert results["steps"] == 2 and results["test"]["n_windows"] > results["test"]["n_songs"]  # 0.5 s hop
 
 
-PRESETS = ("cnn", "default_cpu", "gtzan", "gtzan70", "seed_report", "seed_report_cnn", "smoke", "synth_compare")
+PRESETS = ("cnn", "default_cpu", "gtzan", "gtzan70", "new_artists", "seed_report", "seed_report_cnn", "smoke",
+           "synth_compare")
 
 
 def test_every_preset_loads_and_says_what_it_is():
@@ -203,4 +203,7 @@ def test_every_preset_loads_and_says_what_it_is():
         assert cfg.model == ("cnn" if "cnn" in name else "crnn"), name
     assert cfgs["seed_report_cnn"] == cfgs["seed_report"].replace(model="cnn")
     assert cfgs["cnn"] == cfgs["default_cpu"].replace(model="cnn")
+    # new artists: the gtzan70 recipe, every gtzan-70 clip training, tested on other artists' clips
+    assert cfgs["new_artists"] == cfgs["gtzan70"].replace(split="all", test_data="../shared/data/gtzan-53-16k",
+                                                          max_steps=1680)
     assert cfgs["seed_report"].batch_size == 4 and cfgs["seed_report"].momentum == 0.9  # the report's recipe

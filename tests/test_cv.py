@@ -1,6 +1,8 @@
 """The k-fold driver end to end on generated audio (3 genres x 5 songs of 3 s, the smoke-size CRNN):
 every fold from one call, the summary and plots, skip and resume on a second call, the baseline on the
-same songs; validation songs never from the test fold; spreads; bad flags in one line."""
+same songs, an ensemble of two networks a fold (one k-fold run, trained once, serves both); validation
+songs never from the test fold; the MFCC+SVM baseline against librosa's MFCCs; spreads; bad flags in one
+line."""
 
 import json
 import os
@@ -11,15 +13,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT
+from conftest import SMOKE
+from crnn_jax import cmdline
+from crnn_jax import config as config_lib
 from crnn_jax import cv
-from crnn_jax.kfold import summary as cv_summary
 from crnn_jax.data import dataset as data_lib
 from crnn_jax.data import splits
+from crnn_jax.kfold import baseline
 from crnn_jax.kfold import driver
-from crnn_jax import cmdline
+from crnn_jax.kfold import summary as cv_summary
+from crnn_jax.training import loop
+from crnn_jax.training import workdir as workdir_lib
 
-SMOKE = os.path.join(ROOT, "experiments", "smoke.py")
 GENRES, SONGS, K = 3, 5, 2
 
 
@@ -70,9 +75,60 @@ def test_kfold_takes_validation_songs_from_the_training_part():
         splits.kfold_split(labels, 5, fold=0, valid_fraction=0.1, seed=1)["test"].tolist()
 
 
-def test_all_folds_from_one_call_then_skip_and_resume(folder, tmp_path, capsys):
-    out = str(tmp_path / "cv")
+def test_the_baseline_scores_mfcc_statistics_by_song(folder):
+    """kfold/baseline.py on the folder's songs: the MFCCs are librosa's (DCT-II, orthonormal, of the dB mel
+    bands), a window's features their mean and std over its frames, and a song's prediction the argmax of its
+    windows' mean SVM decision value."""
+    import librosa
+    from crnn_jax.data import loaders
+
+    cfg = config_lib.load_preset(SMOKE).replace(data=folder, split=f"kfold:{K}", eval_hop_seconds=1.0)
+    ds = loaders.load_dataset(cfg)
+    logmel = np.random.default_rng(0).normal(-40.0, 15.0, (3, 44, 96))  # [windows, frames, mels] in dB
+    got = baseline.mfcc_frames(logmel)
+    assert got.shape == (3, 44, 2 * baseline.N_MFCC)
+    for w in range(3):
+        ref = librosa.feature.mfcc(S=logmel[w].T, n_mfcc=baseline.N_MFCC, dct_type=2, norm="ortho").T
+        np.testing.assert_allclose(got[w, :, :baseline.N_MFCC], ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(got[w, :, baseline.N_MFCC:], np.gradient(ref, axis=0), rtol=1e-10, atol=1e-10)
+    songs = np.arange(len(ds))
+    feats = baseline.song_features(cfg, ds, songs)
+    w_song, _ = data_lib.eval_windows(ds.lengths, songs, crop=cfg.crop_samples, hop=cfg.eval_hop_samples)
+    assert feats.win.shape == (len(w_song), 4 * baseline.N_MFCC) and feats.song.shape == (len(ds), 4 * baseline.N_MFCC)
+    np.testing.assert_array_equal(feats.w_song, w_song)
+    assert np.bincount(w_song).tolist() == [3] * len(ds)  # 3 s songs, 1 s windows, 1 s hop
+    split = splits.kfold_split(ds.labels, K, fold=0, valid_fraction=0.2, seed=0)
+    res = baseline.evaluate(ds, split, feats)
+    assert (res["n_train"], res["n_valid"], res["n_test"]) == tuple(len(split[k]) for k in ("train", "valid", "test"))
+    assert res["C_windows"] in baseline.C_GRID and res["C_songs"] in baseline.C_GRID
+    clf = baseline.fit(feats.subset(split["train"]).win, ds.labels[feats.subset(split["train"]).w_song], res["C_windows"])
+    test = feats.subset(split["test"])
+    dec = clf.decision_function(test.win)  # [test windows, classes]
+    want = [clf.classes_[dec[test.w_song == s].mean(0).argmax()] for s in split["test"]]
+    assert res["test_predictions"] == [int(x) for x in want]
+    assert res["test_accuracy"] == pytest.approx(np.mean(np.array(want) == ds.labels[split["test"]]))
+    conf = np.array(res["confusion_windows"])
+    assert conf.sum() == len(split["test"]) and np.trace(conf) == round(res["test_accuracy"] * len(split["test"]))
+
+
+@pytest.fixture(scope="module")
+def kfold(folder, tmp_path_factory):
+    """One k-fold run (K folds, seed 0, every fold trained and its baseline fitted) from one call: the OUT
+    folder. Tests read it, or copy it and call the driver again on the copy (skip, resume, an ensemble)."""
+    out = str(tmp_path_factory.mktemp("kfold") / "cv")
     assert cv.main(cv_args(folder, out)) == 0
+    return out
+
+
+def copy_of(out, dest):
+    """OUT copied (file times kept) to dest: its runs are finished runs of the same configs there."""
+    shutil.copytree(out, dest)
+    return str(dest)
+
+
+@pytest.mark.slow
+def test_all_folds_from_one_call_then_skip_and_resume(kfold, folder, tmp_path, capsys):
+    out = kfold
     s = load(out, "summary.json")
     n = GENRES * SONGS
     assert s["n_runs"] == K and s["n_test_songs"] == n and s["complete"]
@@ -105,7 +161,9 @@ def test_all_folds_from_one_call_then_skip_and_resume(folder, tmp_path, capsys):
         tested += split["test"]
     assert len(tested) == len(set(tested)) == n  # the folds partition the songs
 
-    # Second call: nothing is retrained.
+    # Second call (on a copy, which the fixture's run is to the driver): nothing is retrained.
+    out = copy_of(kfold, tmp_path / "cv")
+    s = {**s, "runs": [{**r, "workdir": os.path.join(out, os.path.basename(r["workdir"]))} for r in s["runs"]]}
     wd1 = s["runs"][1]["workdir"]
     stamps = {r["workdir"]: os.path.getmtime(os.path.join(r["workdir"], "metrics.jsonl")) for r in s["runs"]}
     capsys.readouterr()
@@ -113,7 +171,8 @@ def test_all_folds_from_one_call_then_skip_and_resume(folder, tmp_path, capsys):
     log = capsys.readouterr().out
     assert log.count("done before") == K and "resumed" not in log
     assert {w: os.path.getmtime(os.path.join(w, "metrics.jsonl")) for w in stamps} == stamps
-    assert load(out, "summary.json")["network"] == s["network"]
+    again = load(out, "summary.json")
+    assert again["network"] == s["network"] and [r["workdir"] for r in again["runs"]] == list(stamps)
 
     # A fold interrupted after its step-2 checkpoint resumes from it and ends exactly as before.
     metrics_before = read(os.path.join(wd1, "metrics.jsonl"))
@@ -131,7 +190,7 @@ def test_spreads_over_folds_and_seeds(tmp_path):
     rows = [{"seed": s, "fold": f, "accuracy": a, "n_test": 10, "confusion": [[1, 0], [0, 1]],
              "baseline": {"accuracy": a - 0.1, "accuracy_songs": a, "confusion": [[1, 0], [1, 0]], "C": 1.0}}
             for s, accs in ((0, (0.5, 0.7, 0.6)), (1, (0.8, 0.6, 0.7))) for f, a in enumerate(accs)]
-    s = cv_summary.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))
+    s = cv_summary.summarise(config_lib.Config(data="x"), 3, [0, 1], rows, ("a", "b"))
     net = s["network"]
     assert net["mean"] == pytest.approx(0.65)
     assert net["std_folds"] == pytest.approx(np.sqrt((0.01 + 0.01) / 2))
@@ -146,13 +205,13 @@ def test_spreads_over_folds_and_seeds(tmp_path):
     rows[0]["correct"][:1] = [False]
     for r in rows[:3]:
         r["baseline"]["correct"][1:3] = [False, False]
-    m = cv_summary.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))["mcnemar"]
+    m = cv_summary.summarise(config_lib.Config(data="x"), 3, [0, 1], rows, ("a", "b"))["mcnemar"]
     assert m["0"] == {"n_songs": 30, "n_net_only": 6, "n_base_only": 1, "p": pytest.approx(0.125, abs=1e-9)}
     assert m["1"] == {"n_songs": 30, "n_net_only": 0, "n_base_only": 0, "p": 1.0}
-    part = cv_summary.summarise(cv.Config(data="x"), 3, [0, 1], rows[:4], ("a", "b"))  # seed 1 has one fold so far
+    part = cv_summary.summarise(config_lib.Config(data="x"), 3, [0, 1], rows[:4], ("a", "b"))  # seed 1 has one fold so far
     assert not part["complete"] and part["network"]["std_folds"] == pytest.approx(0.1)  # seed 0's folds only
     assert part["network"]["per_seed"]["1"]["std"] is None
-    one = cv_summary.summarise(cv.Config(data="x"), 3, [0], rows[:1], ("a", "b"))
+    one = cv_summary.summarise(config_lib.Config(data="x"), 3, [0], rows[:1], ("a", "b"))
     assert one["network"]["std_folds"] is None and one["network"]["std_all"] is None
     out = tmp_path / "partial"
     out.mkdir()
@@ -161,7 +220,7 @@ def test_spreads_over_folds_and_seeds(tmp_path):
     for i, r in enumerate(rows):  # fold times, one of them from a run stopped and resumed
         r["timing"] = {"wall_seconds": 100.0 + i, "train_seconds": 90.0, "resumed_from": None,
                        "loadavg_1_5_15": [2.0, 2.0, 2.0], **({"partial": True} if i == 2 else {})}
-    timed = cv_summary.summarise(cv.Config(data="x"), 3, [0, 1], rows, ("a", "b"))
+    timed = cv_summary.summarise(config_lib.Config(data="x"), 3, [0, 1], rows, ("a", "b"))
     assert timed["timing"]["timed_runs"] == 6 and timed["timing"]["partial_runs"] == 1
     cv_summary.write(timed, str(out))
     md = read(out / "summary.md")
@@ -239,7 +298,7 @@ def test_a_fold_stopped_before_its_record_keeps_its_training_seconds_and_says_pa
 
 
 def test_member_changes_the_training_stream_not_the_split():
-    base = cv.Config(data="x", split="kfold:5", seed=3)
+    base = config_lib.Config(data="x", split="kfold:5", seed=3)
     assert base.train_seed == 3  # member 0 is the run it always was
     seeds = {base.replace(member=m).train_seed for m in range(1, 6)} | {base.replace(member=1, seed=4).train_seed}
     assert len(seeds) == 6 and 3 not in seeds and all(0 <= s < 2 ** 31 for s in seeds)
@@ -253,10 +312,14 @@ def test_member_changes_the_training_stream_not_the_split():
         base.replace(ensemble=0)
 
 
-def test_ensemble_averages_members_song_log_probabilities(folder, tmp_path, capsys):
-    out = str(tmp_path / "ens")
+@pytest.mark.slow
+def test_ensemble_averages_members_song_log_probabilities(kfold, folder, tmp_path, capsys):
+    # Member 0 of every fold is the k-fold run's own network (the same config): the copy's are done before,
+    # and only the second member of each fold trains.
+    out = copy_of(kfold, tmp_path / "ens")
     args = cv_args(folder, out, "--set", "ensemble=2")
     assert cv.main(args) == 0
+    assert capsys.readouterr().out.count("done before") == K
     s = load(out, "summary.json")
     assert s["ensemble"] == 2 and s["n_runs"] == K and s["complete"]
     for r in s["runs"]:
@@ -291,9 +354,8 @@ def test_ensemble_averages_members_song_log_probabilities(folder, tmp_path, caps
         stored = np.array(res["test"].pop("song_log_probs"))
         with open(path, "w") as f:
             json.dump(res, f)
-        from crnn_jax import config as config_lib
         rc = config_lib.Config.from_dict(load(r["member_workdirs"][1], "config.json"))
-        ds, split = cv.loop.load_data(rc)
+        ds, split = loop.load_data(rc)
         np.testing.assert_allclose(driver.member_song_log_probs(rc, res, ds, split["test"]), stored, rtol=1e-5, atol=1e-5)
     # A run saved before `member` and `ensemble` existed (member 0 here, without them) counts as their
     # defaults, which are the old behaviour: recognised as finished, and it would resume.
@@ -304,9 +366,9 @@ def test_ensemble_averages_members_song_log_probabilities(folder, tmp_path, caps
         json.dump(old, f)
     rc = driver.run_config(cmdline.config_of(cv.parse_args(args), lambda: "cpu", owned=cv.OWNED), out, K, 0, 0)
     assert driver.finished(rc) is not None
-    cv.workdir_lib.check(wd, rc)  # no "different config" refusal
+    workdir_lib.check(wd, rc)  # no "different config" refusal
     with pytest.raises(cv.ConfigError, match=r"different config \(member: 0 -> 1\)"):
-        cv.workdir_lib.check(wd, rc.replace(member=1))
+        workdir_lib.check(wd, rc.replace(member=1))
     capsys.readouterr()
     assert cv.main(args) == 0  # nothing retrained; the re-scored members give the same ensemble
     assert capsys.readouterr().out.count("done before") == 2 * K

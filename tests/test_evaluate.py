@@ -1,27 +1,32 @@
-"""`crnn-jax evaluate`: an existing model scored on a folder reproduces its training run's own test
-numbers exactly (workdir and model file alike), writes only into --out, and refuses the workdir."""
+"""`crnn-jax evaluate`: an existing model (conftest's smoke run, and its exported file) scored on its own data
+reproduces its training run's test numbers exactly (workdir and model file alike) with the run's own
+evaluation hop, scores a folder in the model's genre order, writes only into --out, and refuses the workdir."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SMOKE, snapshot
 from crnn_jax import config as config_lib
 from crnn_jax import evaluate as eval_lib
-from crnn_jax import export as export_lib
+from crnn_jax.data import dataset as data_lib
 from crnn_jax.data import synth
+from crnn_jax.training import evaluator
 from crnn_jax.training import loop
+from crnn_jax.training import report
+
+from conftest import snapshot
 
 GENRES = ("four_on_floor", "rising_arpeggio", "fm_bells")
 
 
-
 @pytest.fixture(scope="module")
 def music(tmp_path_factory):
-    """A folder of generated audio: 3 genres x 6 songs, 1.5-2.6 s (1-3 windows of the smoke crop)."""
+    """A folder of generated audio: 3 of the smoke model's genres x 6 songs, 1.5-2.6 s (1-3 windows of the
+    smoke crop)."""
     root = tmp_path_factory.mktemp("music")
     for g in GENRES:
         label = synth.CLASS_NAMES.index(g)
@@ -33,13 +38,8 @@ def music(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(music, tmp_path_factory):
-    cfg = config_lib.load_preset(SMOKE).replace(data=music, max_steps=8, eval_hop_seconds=0.5,
-                                                workdir=str(tmp_path_factory.mktemp("eval") / "run"))
-    results = loop.train(cfg, log=lambda *_: None)
-    model = str(tmp_path_factory.mktemp("model") / "m.crnn")
-    assert export_lib.main(["--workdir", cfg.workdir, "--out", model]) == 0
-    return cfg.workdir, results, model
+def run(smoke_record, smoke_model):
+    return smoke_record.workdir, smoke_record.results, smoke_model
 
 
 def load(out):
@@ -47,25 +47,67 @@ def load(out):
         return json.load(f)
 
 
+def test_a_song_scores_the_mean_of_its_windows_log_probabilities():
+    # Two songs: song 7 has two windows whose mean log-probability (a geometric mean) picks genre 1 while
+    # the mean probability would pick genre 0; song 3 has one window. Window rows arrive interleaved.
+    p7 = np.array([[0.80, 0.15, 0.05], [0.01, 0.30, 0.69]])  # song 7's windows
+    p3 = np.array([[0.10, 0.20, 0.70]])  # song 3's window
+    assert p7.mean(0).argmax() == 0 and np.log(p7).mean(0).argmax() == 1
+    window_logp = np.log(np.stack([p7[0], p3[0], p7[1]])).astype(np.float32)
+    window_song, songs = np.array([7, 3, 7]), np.array([3, 7])
+    labels = np.zeros(8, np.int64)
+    labels[7], labels[3] = 1, 2  # per dataset row
+    slp = report.song_log_probs(window_logp, window_song, songs)
+    np.testing.assert_allclose(slp, np.log(np.stack([p3[0], np.sqrt(p7[0] * p7[1])])), rtol=1e-6)
+    ev = report.evaluate_scores(window_logp, window_song, songs, labels, ("a", "b", "c"))
+    assert ev["song_predictions"] == [2, 1] and ev["accuracy"] == 1.0
+    assert ev["confusion"] == [[0, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert ev["window_accuracy"] == pytest.approx(2 / 3) and ev["n_windows"] == 3 and ev["n_songs"] == 2
+    np.testing.assert_allclose(ev["loss"], -np.mean(np.log([p7[0][1], p3[0][2], p7[1][1]])), rtol=1e-6)
+    np.testing.assert_allclose(ev["song_log_probs"], slp)
+    # A prediction reports the same song score: the renormalised geometric mean (softmax head).
+    want = np.sqrt(p7[0] * p7[1]) / np.sqrt(p7[0] * p7[1]).sum()
+    np.testing.assert_allclose(evaluator.song_probabilities(slp[1], "softmax"), want, rtol=1e-6)
+    np.testing.assert_allclose(evaluator.song_probabilities(slp[1], "sigmoid"), np.sqrt(p7[0] * p7[1]), rtol=1e-6)
+
+
 @pytest.mark.parametrize("source", ["workdir", "model"])
-def test_reproduces_the_runs_test_numbers(source, run, music, tmp_path):
+def test_reproduces_the_runs_test_numbers(source, run, tmp_path):
     workdir, trained, model = run
     before = snapshot(workdir)
     out = str(tmp_path / "eval")
     args = ["--workdir", workdir] if source == "workdir" else ["--model", model]
-    assert eval_lib.main([*args, "--data", music, "--out", out]) == 0
+    assert eval_lib.main([*args, "--out", out]) == 0  # the model's own data and split
     got = load(out)
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)
     assert got["test"] == saved["test"] == json.loads(json.dumps(trained["test"]))  # every number, exactly
     assert got["accuracy"] == saved["test_accuracy"] and got["window_accuracy"] == saved["test_window_accuracy"]
-    assert got["songs"] == saved["test_songs"] and got["n_songs"] == 3
-    assert got["test"]["n_windows"] > got["n_songs"]  # the run's 0.5 s hop came along: several windows a song
+    assert got["songs"] == saved["test_songs"] and got["n_songs"] == len(saved["test_songs"]) >= 3
     assert set(got["test"]["per_class"]) == set(saved["class_names"])
     with open(os.path.join(out, "confusion.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(out)) == ["confusion.png", "results.json"]
     assert snapshot(workdir) == before  # the training workdir was only read
+
+
+def test_the_runs_evaluation_hop_comes_along(run, tmp_path):
+    # A copy of the run whose config says a 0.5 s hop (half the crop): every test song is cut into the
+    # windows of that hop, more than the run's own test pass cut.
+    workdir, trained, _ = run
+    wd = str(tmp_path / "run")
+    shutil.copytree(workdir, wd)
+    with open(os.path.join(wd, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump({**cfg, "eval_hop_seconds": 0.5}, f)
+    assert eval_lib.main(["--workdir", wd, "--out", str(tmp_path / "eval")]) == 0
+    got = load(str(tmp_path / "eval"))
+    half = config_lib.Config.from_dict(cfg).replace(eval_hop_seconds=0.5)
+    ds, split = loop.load_data(half)
+    w_song, _ = data_lib.eval_windows(ds.lengths, split["test"], crop=half.crop_samples, hop=half.eval_hop_samples)
+    assert got["test"]["n_windows"] == len(w_song) > trained["test"]["n_windows"]
+    assert got["songs"] == trained["test_songs"]
 
 
 def test_other_parts_and_a_folder_in_another_genre_order(run, music, tmp_path):
@@ -74,8 +116,9 @@ def test_other_parts_and_a_folder_in_another_genre_order(run, music, tmp_path):
     assert eval_lib.main(["--model", model, "--data", music, "--part", "all", "--out", out]) == 0
     everything = load(out)
     assert everything["n_songs"] == 18 and everything["all"]["n_windows"] >= 18
+    assert everything["class_names"] == trained["class_names"]  # the model's genres, in its order
     # valid part = the run's validation pass at the step the model comes from (the tested checkpoint)
-    assert eval_lib.main(["--model", model, "--data", music, "--part", "valid", "--out", str(tmp_path / "v")]) == 0
+    assert eval_lib.main(["--model", model, "--part", "valid", "--out", str(tmp_path / "v")]) == 0
     tested = load(workdir)["tested_step"]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         [that_eval] = [r for r in map(json.loads, f) if "eval_loss" in r and r["step"] == tested]

@@ -23,10 +23,9 @@ def run_dir(smoke_run):
 
 
 @pytest.fixture(scope="module")
-def model_file(run_dir, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("model") / "genres.crnn")
-    assert export_lib.main(["--workdir", run_dir, "--out", path]) == 0
-    return path
+def model_file(smoke_model):
+    """conftest's smoke run exported once (`crnn-jax export --workdir RUN --out genres.crnn`); read only."""
+    return smoke_model
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ def _load(name, path):
 
 
 run_py = _load("gpu_run", os.path.join(GPU_DIR, "run.py"))  # puts experiments/gpu on sys.path
-import gpu_report  # noqa: E402
+import gpu_report  # noqa: E402  (found through the path run.py set)
+import gpu_schedule as schedule  # noqa: E402
 import torch_worker  # noqa: E402
 
 # What the quick run survives: torch raising in the bf16 grid, one stage raising, one stage past its limit.
@@ -101,11 +102,11 @@ def test_each_stage_is_guarded_and_written_before_and_after(tmp_path):
 
     runners = {"first": first, "raises": raises, "overruns": overruns, "last": last, "huge": last}
     needs = {"first": 0, "raises": 0, "overruns": 0, "last": 0, "huge": 10**6}
-    make_ctx = lambda name, limit: run_py.StageContext(name, limit, sizes=dict, quick=True, tmp=str(tmp_path),
+    make_ctx = lambda name, limit: schedule.StageContext(name, limit, sizes=dict, quick=True, tmp=str(tmp_path),
                                                        results=results, write=write, shared={}, inject={},
                                                        log=lambda m: None)
     start = time.monotonic()
-    run_py.run_stages(list(runners), runners, needs, run_py.Budget(60), results, write, make_ctx,
+    schedule.run_stages(list(runners), runners, needs, schedule.Budget(60), results, write, make_ctx,
                       forced_limits={"overruns": 0.3}, log=lambda m: None)
     assert time.monotonic() - start < 10
     assert list(seen["first"]) == ["first"] and seen["first"]["first"]["running"]
@@ -120,12 +121,12 @@ def test_each_stage_is_guarded_and_written_before_and_after(tmp_path):
 def test_a_stage_may_use_spare_time_but_not_what_later_stages_that_fit_were_planned(tmp_path):
     results = _fake_results()
     write = lambda: gpu_report.write(results, str(tmp_path))
-    make_ctx = lambda name, limit: run_py.StageContext(name, limit, sizes=dict, quick=True, tmp=str(tmp_path),
+    make_ctx = lambda name, limit: schedule.StageContext(name, limit, sizes=dict, quick=True, tmp=str(tmp_path),
                                                        results=results, write=write, shared={}, inject={},
                                                        log=lambda m: None)
     quick_ok = lambda ctx: {"ok": True}
-    run_py.run_stages(["a", "b", "c"], dict.fromkeys("abc", quick_ok), {"a": 10, "b": 20, "c": 10**6},
-                      run_py.Budget(100), results, write, make_ctx, log=lambda m: None)
+    schedule.run_stages(["a", "b", "c"], dict.fromkeys("abc", quick_ok), {"a": 10, "b": 20, "c": 10**6},
+                      schedule.Budget(100), results, write, make_ctx, log=lambda m: None)
     st = results["stages"]
     assert st["a"]["limit_s"] == pytest.approx(80, abs=1)  # b's 20 s kept back; c can never fit, so not c's
     assert st["b"]["limit_s"] == pytest.approx(100, abs=1) and "budget" in st["c"]["skipped"]
@@ -140,10 +141,10 @@ def test_a_failed_backend_check_stops_the_run(tmp_path):
 
     ran = []
     runners = {"backend": backend, "mel": lambda ctx: ran.append("mel") or {"ok": True}}
-    make_ctx = lambda name, limit: run_py.StageContext(name, limit, sizes=dict, quick=False, tmp=str(tmp_path),
+    make_ctx = lambda name, limit: schedule.StageContext(name, limit, sizes=dict, quick=False, tmp=str(tmp_path),
                                                        results=results, write=write, shared={}, inject={},
                                                        log=lambda m: None)
-    run_py.run_stages(["backend", "mel"], runners, {"backend": 0, "mel": 0}, run_py.Budget(60), results, write,
+    schedule.run_stages(["backend", "mel"], runners, {"backend": 0, "mel": 0}, schedule.Budget(60), results, write,
                       make_ctx, log=lambda m: None)
     assert not ran and "backend check failed" in results["stages"]["mel"]["skipped"]
 
@@ -174,16 +175,16 @@ for line in sys.stdin:
 @pytest.mark.slow
 def test_a_torch_worker_that_dies_or_hangs_costs_only_its_answer():
     script = [sys.executable, "-c", FAKE_WORKER]
-    ok = torch_worker.TorchWorker(gpu=False, cmd=script + ["ok"])
+    ok = torch_worker.TorchWorker(gpu=False, cmd=script + ["ok"], log=lambda m: None)
     assert ok.call({}, timeout=20) == {"impl": "torch (eager)", "times": [0.1]}
     ok.close()
 
-    dies = torch_worker.TorchWorker(gpu=False, cmd=script + ["die"], max_starts=2)
+    dies = torch_worker.TorchWorker(gpu=False, cmd=script + ["die"], max_starts=2, log=lambda m: None)
     assert "exited with code 3" in dies.call({}, timeout=20)["error"]
     assert "exited with code 3" in dies.call({}, timeout=20)["error"]  # started once more, died again
     assert "gave up after 2 start(s)" in dies.call({}, timeout=20)["error"] and dies.proc is None
 
-    hangs = torch_worker.TorchWorker(gpu=False, cmd=script + ["hang"])
+    hangs = torch_worker.TorchWorker(gpu=False, cmd=script + ["hang"], log=lambda m: None)
     start = time.monotonic()
     assert "no answer" in hangs.call({}, timeout=1)["error"]
     assert time.monotonic() - start < 10 and hangs.proc is None  # killed, not waited for
@@ -271,7 +272,7 @@ def test_a_full_run_without_a_gpu_stops_at_the_backend_check(tmp_path):
 
     if jax.default_backend() == "gpu":
         pytest.skip("this machine has a GPU: the check passes here")
-    r, md, p = run_script(tmp_path, "--stages", "mel", "--budget-s", "300", timeout=120)
+    r, _, p = run_script(tmp_path, "--stages", "mel", "--budget-s", "300", timeout=120)
     assert p.returncode == 3, p.stdout[-2000:]
     assert "not 'gpu'" in r["stages"]["backend"]["error"] and r["status"] == "aborted"
     assert "backend check failed" in r["stages"]["mel"]["skipped"] and "mel" not in r.get("failed", {})

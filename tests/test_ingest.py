@@ -165,6 +165,7 @@ def test_ingest_bench_reports_numbers_that_agree(tmp_path, capsys):
     assert one["audio_h"] == two["audio_h"] == pytest.approx(8 * 2 / 3600, rel=0.05)
     for run in (one, two):
         assert run["hours_per_min"] == pytest.approx(run["audio_h"] / run["wall_s"] * 60)
+        assert run["hours_per_cpu_min"] == pytest.approx(run["audio_h"] / run["cpu_s"] * 60)
         assert 0 < run["parent_before_mib"] <= run["parent_peak_mib"] and run["total_peak_mib"] > 0
     assert one["ratio"] == 1 and two["ratio"] == pytest.approx(two["hours_per_min"] / one["hours_per_min"])
     assert one["worker_peak_mib"] == 0 < two["worker_peak_mib"] < two["total_peak_mib"]  # one worker: no pool

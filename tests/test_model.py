@@ -14,11 +14,18 @@ from crnn_jax.config import Config
 
 
 def n_params(tree) -> int:
-    return sum(x.size for x in jax.tree.leaves(tree))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
-def init(net, samples: int, batch: int = 2):
-    return net.init(jax.random.PRNGKey(0), jnp.zeros((batch, samples)), train=False)
+def init(net, samples: int):
+    # Jitted, and on one example whatever the batch (the variables do not depend on it), so the tests of one
+    # network share the compiled init: flax run op by op compiles every primitive on its own, many times slower.
+    return jax.jit(lambda k, x: net.init(k, x, train=False))(jax.random.PRNGKey(0), jnp.zeros((1, samples)))
+
+
+def shapes(net, samples: int, batch: int = 1):
+    """The variables' shapes (jax.eval_shape: traced, never computed): all that a count needs."""
+    return jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((batch, samples)), train=False))
 
 
 def test_crnn_parameter_count_is_choi_size():
@@ -31,7 +38,7 @@ def test_crnn_parameter_count_is_choi_size():
     expected = conv + bn + gru(128, 32) + gru(32, 32) + (32 * 10 + 10)
     cfg = Config(crop_seconds=29.0)
     net = M.build_model(cfg, 10)
-    variables = init(net, cfg.crop_samples, batch=1)
+    variables = shapes(net, cfg.crop_samples)
     assert n_params(variables["params"]) == expected == 392_394
     # BatchNorm running statistics are state, not parameters.
     assert n_params(variables["batch_stats"]) == 2 * 96 + 2 * (64 + 3 * 128)
@@ -58,8 +65,8 @@ def test_auto_time_pools_properties():
 def test_output_shapes_and_collapse(kind):
     cfg = Config(model=kind, conv_channels=(4, 8, 8, 8), gru_units=(6, 6), crop_seconds=1.0)
     net = M.build_model(cfg, 7)
-    variables = init(net, cfg.crop_samples, batch=3)
-    out = net.apply(variables, jnp.ones((3, cfg.crop_samples)) * 0.1, train=False)
+    variables = shapes(net, cfg.crop_samples, batch=3)  # shapes are all this test reads: traced, not run
+    out = jax.eval_shape(lambda v, x: net.apply(v, x, train=False), variables, jnp.ones((3, cfg.crop_samples)))
     assert out.shape == (3, 7) and out.dtype == jnp.float32
     # Frequency pools 2*3*4*4 = 96: 96 mels fold to exactly one band, so the GRU input is the channels.
     if kind == "crnn":
@@ -72,13 +79,18 @@ def test_dropout_is_the_only_randomness_and_eval_is_deterministic():
     net = M.build_model(cfg, 10)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, cfg.crop_samples)) * 0.1
     v = init(net, cfg.crop_samples)
-    a = net.apply(v, x, train=False)
-    b = net.apply(v, x, train=False)
+    evaluate = jax.jit(lambda v, x: net.apply(v, x, train=False))
+    a = evaluate(v, x)
+    b = evaluate(v, x)
     np.testing.assert_array_equal(a, b)
-    run = lambda k: net.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(k)}, mutable=["batch_stats"])[0]
+
+    def train_mode(model):
+        f = jax.jit(lambda v, x, k: model.apply(v, x, train=True, rngs={"dropout": k}, mutable=["batch_stats"])[0])
+        return lambda k: f(v, x, jax.random.PRNGKey(k))
+
+    run = train_mode(net)
     assert not np.allclose(run(0), run(1))  # dropout active in training
-    no_drop = M.build_model(cfg.replace(dropout=0.0), 10)
-    r = lambda k: no_drop.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(k)}, mutable=["batch_stats"])[0]
+    r = train_mode(M.build_model(cfg.replace(dropout=0.0), 10))
     np.testing.assert_array_equal(r(0), r(1))  # --dropout 0 disables every dropout
 
 
@@ -104,8 +116,8 @@ def test_bf16_keeps_float32_parameters_and_agrees_with_fp32():
     f32 = M.build_model(cfg, 10)
     b16 = M.build_model(cfg.replace(precision="bf16"), 10)
     v = init(f32, cfg.crop_samples)
-    assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(init(b16, cfg.crop_samples)))
-    a, b = f32.apply(v, x, train=False), b16.apply(v, x, train=False)
+    assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(shapes(b16, cfg.crop_samples)))
+    a, b = (jax.jit(lambda v, x: net.apply(v, x, train=False))(v, x) for net in (f32, b16))
     assert b.dtype == jnp.float32
     np.testing.assert_allclose(a, b, atol=0.1, rtol=0.1)
 
@@ -113,14 +125,14 @@ def test_bf16_keeps_float32_parameters_and_agrees_with_fp32():
 def test_gradients_reach_every_parameter():
     cfg = Config(conv_channels=(4, 8, 8, 8), gru_units=(6, 6), crop_seconds=1.0, dropout=0.0)
     net = M.build_model(cfg, 10)
-    v = init(net, cfg.crop_samples, batch=4)
+    v = init(net, cfg.crop_samples)
     x = jax.random.normal(jax.random.PRNGKey(3), (4, cfg.crop_samples)) * 0.1
 
     def loss(p):
         logits, _ = net.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(4)).mean()
 
-    grads = jax.grad(loss)(v["params"])
+    grads = jax.jit(jax.grad(loss))(v["params"])
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
     dead = [jax.tree_util.keystr(k) for k, g in flat if not np.any(np.asarray(g))]
     assert not dead, f"no gradient reaches {dead}"

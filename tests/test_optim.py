@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 from flax.core import FrozenDict
 
 from crnn_jax.optim import (BookNesterovState, ScaleByBookRmsState, book_params, interim_params,
@@ -105,23 +106,65 @@ def test_trajectory_matches_book_float64(eps):
         assert max(np.max(np.abs(outside[-1][k] - got[-1][k])) for k in SHAPES) > 1e-4
 
 
-def test_gradient_taken_at_interim_point():
-    # Plain RMSprop+momentum (gradient at θ) must NOT match the book: shows the trajectory test can fail.
+def loss_np(p):
+    """loss_jnp in float64 numpy."""
+    total = sum(np.sum(0.5 * CURV[k] * p[k] ** 2 + np.sin(FREQ[k] * p[k])) for k in SHAPES)
+    return total + 0.5 * COUPLE * (np.sum(p["w"]) - np.sum(p["b"])) ** 2
+
+
+class LossNet(nn.Module):
+    """A "network" for steps.make_train_step whose training loss is softplus(loss_jnp(params)): logits
+    [[loss, 0]] against label 1. It ignores its audio; one dummy BatchNorm statistic keeps the step's state whole."""
+
+    n_classes: int = 2
+    axis_name: str | None = None  # what steps.create_state clones away; nothing here reduces over devices
+
+    @nn.compact
+    def __call__(self, audio, train=False):
+        p = {k: self.param(k, lambda _, k=k: jnp.asarray(THETA0[k], jnp.float32)) for k in SHAPES}
+        self.variable("batch_stats", "seen", lambda: jnp.zeros(()))
+        return jnp.broadcast_to(jnp.stack([loss_jnp(p), 0.0]), (audio.shape[0], 2))
+
+
+def test_the_train_step_takes_the_gradient_at_the_interim_point():
+    """steps.make_train_step (what training runs) on LossNet follows Algorithm 8.6 in float64, whose gradient
+    is taken at theta + alpha v; plain RMSprop with momentum (the gradient at theta) does not: the
+    trajectory test can fail."""
+    from crnn_jax.config import Config
+    from crnn_jax.training import steps as S
+
+    def grad_softplus(p):  # the gradient of softplus(L) = sigmoid(L) grad L, in float64
+        return {k: g / (1.0 + np.exp(-loss_np(p))) for k, g in grad_np(p).items()}
+
     def grad_at_theta_variant(steps):
         theta = {k: np.array(x) for k, x in THETA0.items()}
         v = {k: np.zeros_like(x) for k, x in theta.items()}
         r = {k: np.zeros_like(x) for k, x in theta.items()}
+        out = []
         for _ in range(steps):
-            g = grad_np(theta)
+            g = grad_softplus(theta)
             r = {k: 0.9 * r[k] + 0.1 * g[k] ** 2 for k in r}
-            v = {k: 0.9 * v[k] - 0.05 / np.sqrt(r[k]) * g[k] for k in v}
+            v = {k: 0.9 * v[k] - 0.05 / np.sqrt(1e-8 + r[k]) * g[k] for k in v}
             theta = {k: theta[k] + v[k] for k in theta}
-        return theta
-    with jax.enable_x64(True):
-        params = {k: jnp.asarray(x, jnp.float64) for k, x in THETA0.items()}
-        got = run_jax(rmsprop_nesterov(**HYPER, eps=0.0), params, STEPS)[-1]
-    wrong = grad_at_theta_variant(STEPS)
-    assert max(np.max(np.abs(wrong[k] - got[k])) for k in SHAPES) > 1e-3
+            out.append(theta)
+        return out
+
+    cfg = Config(learning_rate=0.05, rms_decay=0.9, momentum=0.9, eps=1e-8)
+    net, tx = LossNet(), S.make_optimizer(cfg, 100)
+    state = S.create_state(net, tx, 8, seed=0)
+    step = jax.jit(jax.vmap(S.make_train_step(net, tx, head="softmax", seed=0), in_axes=(None, 0), axis_name=S.AXIS))
+    batch = {"crops": np.zeros((1, 1, 8), np.int16), "gains": np.ones((1, 1), np.float32),
+             "labels": np.ones((1, 1), np.int32)}  # [1 device, 1 example, ...]
+    got = []
+    for _ in range(STEPS):
+        state, _ = step(state, batch)
+        state = jax.tree.map(lambda x: x[0], state)
+        got.append(jax.tree.map(np.asarray, dict(state.params)))
+    assert int(state.step) == STEPS
+    want = book_algorithm_8_6(THETA0, grad_softplus, 0.05, 0.9, 0.9, 1e-8, STEPS)
+    assert_trajectories_close(got, want, rtol=1e-5, atol=1e-5)
+    wrong = grad_at_theta_variant(STEPS)[-1]
+    assert max(np.max(np.abs(wrong[k] - got[-1][k])) for k in SHAPES) > 1e-3
 
 
 def test_trajectory_float32_close_to_book():
@@ -230,16 +273,37 @@ def test_interim_params_finds_velocity_in_chain():
     params = {k: jnp.asarray(x, jnp.float32) for k, x in THETA0.items()}
     tx = optax.chain(optax.clip_by_global_norm(1.0), rmsprop_nesterov(0.1, momentum=0.5))
     state = tx.init(params)
+    step = make_step(tx, loss_jnp)
     for _ in range(2):
-        updates, state = tx.update(jax.grad(loss_jnp)(interim_params(params, state)), state, params)
-        params = optax.apply_updates(params, updates)
+        params, state = step(params, state)
     rms_state, vel_state = state[1]
     assert isinstance(rms_state, ScaleByBookRmsState) and isinstance(vel_state, BookNesterovState)
     assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(vel_state.v))
     got = interim_params(params, state)
     for k in SHAPES:
         np.testing.assert_allclose(got[k], params[k] + 0.5 * vel_state.v[k], rtol=1e-6)
-    assert book_params(params, state) is params
+
+
+def test_book_params_are_theta_and_interim_params_theta_plus_alpha_v():
+    # After each step of rmsprop_nesterov: book_params (what is evaluated and checkpointed) is the book's
+    # theta, and interim_params (where the next gradient is taken) its theta + alpha v, both against the float64
+    # transcription.
+    with jax.enable_x64(True):
+        params = {k: jnp.asarray(x, jnp.float64) for k, x in THETA0.items()}
+        tx = rmsprop_nesterov(**HYPER, eps=1e-2)
+        step = make_step(tx, loss_jnp)
+        state = tx.init(params)
+        thetas, interims = [], []
+        for _ in range(5):
+            params, state = step(params, state)
+            thetas.append(jax.tree.map(np.asarray, book_params(params, state)))
+            interims.append(jax.tree.map(np.asarray, interim_params(params, state)))
+    want = book_algorithm_8_6(THETA0, grad_np, HYPER["learning_rate"], HYPER["decay"], HYPER["momentum"], 1e-2, 5)
+    assert_trajectories_close(thetas, want, rtol=1e-12, atol=1e-13)
+    velocity = [{k: b[k] - a[k] for k in SHAPES} for a, b in zip([THETA0] + want, want)]  # v = theta_t - theta_t-1
+    assert_trajectories_close(interims, [{k: t[k] + HYPER["momentum"] * v[k] for k in SHAPES}
+                                         for t, v in zip(want, velocity)], rtol=1e-12, atol=1e-12)
+    assert max(np.max(np.abs(interims[-1][k] - thetas[-1][k])) for k in SHAPES) > 1e-3  # they differ
 
 
 def test_interim_params_rejects_states_without_one_velocity():

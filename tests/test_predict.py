@@ -1,4 +1,4 @@
-"""predict.py on a smoke model trained once per module: agreement with the Evaluator, bounded batches,
+"""predict.py on conftest's smoke model (trained once per session): agreement with the Evaluator, bounded batches,
 the CLI's outputs, and one clear line for every kind of bad workdir or file."""
 
 import json
@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, run_module, snapshot
+from conftest import snapshot
 from crnn_jax.data import dataset as data_lib
-from crnn_jax import evaluate as eval_lib
 from crnn_jax import model as model_lib
 from crnn_jax import predict as predict_lib
 from crnn_jax.training import report
@@ -95,14 +94,15 @@ def test_prediction_matches_the_evaluator_song_score(predictor, songs, run_dir, 
 def test_long_song_goes_through_in_bounded_batches(predictor, tmp_path, monkeypatch):
     sr, crop, b = predictor.sample_rate, predictor.cfg.crop_samples, predictor.batch_size
     path = str(tmp_path / "long.wav")
-    sf.write(path, synth.generate_clip(9, seconds=300.0, sample_rate=sr, seed=3, index=0), sr, subtype="PCM_16")
+    # 40 windows in 10 calls of 4: long enough that all at once would be ten batches' worth.
+    sf.write(path, synth.generate_clip(9, seconds=40.0, sample_rate=sr, seed=3, index=0), sr, subtype="PCM_16")
     calls, gathered = [], []
     real_forward, real_gather = predictor._forward, evaluator.song_crops
     monkeypatch.setattr(predictor, "_forward", lambda crops: calls.append(crops.shape) or real_forward(crops))
-    monkeypatch.setattr(eval_lib, "song_crops", lambda a, o, c: gathered.append(len(o)) or real_gather(a, o, c))
+    monkeypatch.setattr(evaluator, "song_crops", lambda a, o, c: gathered.append(len(o)) or real_gather(a, o, c))
     res = predictor.predict(predictor_lib.read_song(path, sr))
-    n_windows = 300 * sr // crop
-    assert res["windows"] == n_windows and res["seconds"] == pytest.approx(300.0)
+    n_windows = 40 * sr // crop
+    assert res["windows"] == n_windows and res["seconds"] == pytest.approx(40.0)
     assert len(calls) == -(-n_windows // b) and all(shape == (b, crop) for shape in calls)
     assert max(gathered) <= b  # the host never cut more than one batch of windows at a time
     assert np.isfinite(res["log_probs"]).all()
@@ -254,33 +254,34 @@ def test_every_checkpoint_damaged_is_one_line_and_nothing_moves(run_dir, songs, 
     assert snapshot(wd) == before
 
 
-def test_cli_reports_bad_files_and_predicts_the_rest(run_dir, songs, predictor, tmp_path):
+def test_cli_reports_bad_files_and_predicts_the_rest(run_dir, songs, predictor, tmp_path, capsys):
     missing, corrupt = str(tmp_path / "missing.wav"), str(tmp_path / "corrupt.wav")
     with open(corrupt, "wb") as f:
         f.write(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
-    p = run_module("crnn_jax.predict", "--workdir", run_dir, songs[0], missing, corrupt, songs[1], check=False,
-                   timeout=240)
-    assert p.returncode == 1, p.stderr
-    out = p.stdout.strip().splitlines()
+    assert predict_lib.main(["--workdir", run_dir, songs[0], missing, corrupt, songs[1]]) == 1
+    p = capsys.readouterr()
+    out = p.out.strip().splitlines()
     assert [line.split(": ")[0] for line in out] == [songs[0], songs[1]]
-    err = p.stderr.strip().splitlines()
-    assert len(err) == 3 and "Traceback" not in p.stderr, p.stderr
+    err = p.err.strip().splitlines()
+    assert len(err) == 3 and "Traceback" not in p.err, p.err
     assert missing in err[0] and "no such file" in err[0] and corrupt in err[1]
     assert err[2] == "crnn_jax.predict: 2 of 4 file(s) failed (named above); the rest were predicted"
-    p = run_module("crnn_jax.predict", "--workdir", run_dir, missing, check=False, timeout=240)
-    assert p.returncode == 1 and p.stdout == "", p.stderr
-    last = p.stderr.strip().splitlines()[-1]
-    assert last == "crnn_jax.predict: 1 of 1 file(s) failed (named above); nothing was predicted", p.stderr
+    assert predict_lib.main(["--workdir", run_dir, missing]) == 1
+    p = capsys.readouterr()
+    assert p.out == "", p.err
+    last = p.err.strip().splitlines()[-1]
+    assert last == "crnn_jax.predict: 1 of 1 file(s) failed (named above); nothing was predicted", p.err
 
     wd = str(tmp_path / "wd")  # a checkpoint of another model: refused before orbax reads an array
     shutil.copytree(run_dir, wd)
     edit_json(os.path.join(wd, "config.json"), gru_units=[8, 4])
-    p = run_module("crnn_jax.predict", "--workdir", wd, songs[0], check=False, timeout=240)
-    assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr.strip().splitlines() == [
+    assert predict_lib.main(["--workdir", wd, songs[0]]) == 2
+    p = capsys.readouterr()
+    assert p.out == ""
+    assert p.err.strip().splitlines() == [
         f"crnn_jax.predict: error: checkpoint {predictor.state.step} in {os.path.join(wd, 'best')} does not "
         "match the model that config.json and classes.json describe: params/gru1/cell/hn/bias is (8,) in the "
-        "checkpoint, the model needs (4,)"], p.stderr
+        "checkpoint, the model needs (4,)"], p.err
 
 
 # --- a library: folders in, a table out ---------------------------------------------------------------------
@@ -308,21 +309,17 @@ def make_library(root, sr):
     return sorted(good), os.path.join("jazz", "broken.wav")
 
 
-def test_library_folder_with_relative_paths_to_csv(run_dir, predictor, tmp_path):
+def test_library_folder_with_relative_paths_to_csv(run_dir, predictor, tmp_path, capsys, monkeypatch):
     # The README's command as a user types it: relative --workdir, a folder, --csv, in their own cwd.
     shutil.copytree(run_dir, tmp_path / "runs" / "mine")
     good, broken = make_library(str(tmp_path / "music"), predictor.sample_rate)
     before = snapshot(str(tmp_path / "runs"))
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               PYTHONWARNINGS="error::DeprecationWarning,error::FutureWarning")
-    import subprocess
-    import sys
-
-    p = subprocess.run([sys.executable, "-m", "crnn_jax.predict", "--workdir", "runs/mine", "music", "--csv",
-                        "out.csv"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 1, p.stderr  # one file failed, the rest were predicted
-    assert "Traceback" not in p.stderr
-    err = p.stderr.strip().splitlines()
+    monkeypatch.chdir(tmp_path)
+    code = predict_lib.main(["--workdir", "runs/mine", "music", "--csv", "out.csv"])
+    p = capsys.readouterr()
+    assert code == 1, p.err  # one file failed, the rest were predicted
+    assert "Traceback" not in p.err
+    err = p.err.strip().splitlines()
     assert err[0] == "crnn_jax.predict: skipped 2 non-audio file(s) in the folders (1 .jpg, 1 .txt)", err
     assert len(err) == 3 and os.path.join("music", broken) in err[1] and "1 of 5 file(s) failed" in err[2], err
     import csv
@@ -332,7 +329,7 @@ def test_library_folder_with_relative_paths_to_csv(run_dir, predictor, tmp_path)
     header, rows = rows[0], rows[1:]
     assert header == ["path", "genre", "probability", *predictor.class_names]
     assert [r[0] for r in rows] == [os.path.join("music", g) for g in good]  # hidden and junk left out, sorted
-    assert [line.split(": ")[0] for line in p.stdout.strip().splitlines()] == [r[0] for r in rows]
+    assert [line.split(": ")[0] for line in p.out.strip().splitlines()] == [r[0] for r in rows]
     for r in rows:
         probs = np.array(r[3:], float)
         assert r[1] == predictor.class_names[int(probs.argmax())] and float(r[2]) == probs.max()
@@ -363,7 +360,7 @@ def test_memory_follows_one_song_not_the_library(predictor, tmp_path, monkeypatc
         for i in range(n):
             x = synth.generate_clip(i, seconds=seconds, sample_rate=sr, seed=8, index=i)
             sf.write(str(tmp_path / folder / f"{i}.wav"), x, sr, subtype="PCM_16")
-    monkeypatch.setattr(predict_lib, "load_model", lambda *a, **k: predictor)  # the model is not what is measured
+    monkeypatch.setattr(predictor_lib, "load_models", lambda *a, **k: predictor)  # the model is not what is measured
     song_bytes = int(seconds * sr) * 4  # one song as float32
     peaks = {}
     for folder in ("one", "six", "one"):  # "one" twice: the first pass pays one-off allocations

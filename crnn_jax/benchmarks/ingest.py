@@ -7,9 +7,9 @@
 into FOLDER/.sources/ (a hidden folder: the loader skips it) and hard-links them to N names in 4 genre
 folders. Each measurement is a fresh `python -m crnn_jax.benchmarks.ingest --measure` process decoding
 FOLDER into a fresh cache dir (folders.load_folder with --workers W, at 22050 Hz), so that peak RSS is
-that run's alone: the process's own (RUSAGE_SELF; its RSS before decoding, the imports, beside it), its
+that run's alone: the process's own (its VmHWM; its RSS before decoding, the imports, beside it), its
 largest worker's and the largest sum over the process and its children (sampled from /proc every 0.2 s,
-see _Sampler). The files are read once beforehand, so every run finds them in
+see _Sampler; Linux). The files are read once beforehand, so every run finds them in
 the page cache (the first run would otherwise pay the disk). Wall time includes starting the workers.
 """
 
@@ -197,8 +197,9 @@ def measure(folder: str, workers: int, cache: str) -> dict:
         sampler.stop.set()
         sampler.join()
     hours, cpu = float(ds.lengths.sum()) / SAMPLE_RATE / 3600, _cpu_s() - cpu0
-    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
+    # VmHWM, not ru_maxrss, which Linux keeps across exec: it would be the benchmark's RSS at the fork.
+    peak = _status_kib(os.getpid(), "VmHWM") / 1024 or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
+        2**20 if sys.platform == "darwin" else 2**10)  # elsewhere: bytes on macOS, KiB on other Unixes
     return {"workers": workers, "wall_s": wall, "cpu_s": cpu, "songs": len(ds), "audio_h": hours,
             "hours_per_min": hours / (wall / 60), "hours_per_cpu_min": hours / (cpu / 60),
             "parent_before_mib": before, "parent_peak_mib": peak,

@@ -215,13 +215,14 @@ def random_split(labels: np.ndarray, *, test_fraction: float, valid_fraction: fl
                  ) -> dict[str, np.ndarray]:
     """Stratified random split of song indices: per class, round(share * n) songs to test and valid.
 
-    Every class keeps at least one training song. -> {"train", "valid", "test"}: sorted int64 index arrays.
+    Every class keeps at least one training song; test_fraction 0 holds out no test song (a model tested on
+    other data). -> {"train", "valid", "test"}: sorted int64 index arrays.
     """
     rng = np.random.default_rng([seed, 7])
     parts: dict[str, list[int]] = {"train": [], "valid": [], "test": []}
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = min(len(idx) - 1, max(1, int(round(test_fraction * len(idx)))))
+        n_test = min(len(idx) - 1, max(1, int(round(test_fraction * len(idx))))) if test_fraction > 0 else 0
         n_valid = min(len(idx) - 1 - n_test, int(round(valid_fraction * len(idx))))
         parts["test"] += idx[:n_test].tolist()
         parts["valid"] += idx[n_test:n_test + n_valid].tolist()

@@ -101,9 +101,9 @@ class Pool:
         except BrokenProcessPool:
             # Calls start in order, one per worker (and one queued): the culprit is among the first not done.
             first = [names[i] for i in list(pending)[:self.workers + 1]]
-            raise DataError(f"a decoding process died (out of memory, killed, or a decoder crashed) while "
-                            f"decoding one of: {', '.join(first)}; nothing was cached (move that file away, or "
-                            f"decode in one process with --workers 1)") from None
+            raise DataError(f"a decoding process died (out of memory, killed, a decoder crash, or it could not "
+                            f"start) while decoding one of: {', '.join(first)}; nothing was cached (move that "
+                            f"file away, or decode in one process with --workers 1)") from None
 
 
 def _ignore_sigint() -> None:

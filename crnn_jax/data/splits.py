@@ -41,7 +41,8 @@ GTZAN_NAME = re.compile(rf"^({'|'.join(GTZAN_GENRES)})/\1\.000\d\d$")
 # Listed songs that may be absent (e.g. a few bad files skipped by the loader) before the data is
 # judged "not GTZAN"; a data folder holding only GTZAN names may be any subset (see _fault_filtered).
 FEW_MISSING = 10
-FORMS = "random, fault-filtered, kfold:K (with --fold 0..K-1), or a folder holding train.txt, test.txt [, valid.txt]"
+FORMS = ("random, fault-filtered, kfold:K (with --fold 0..K-1), all (with --test-data), or a folder holding "
+         "train.txt, test.txt [, valid.txt]")
 
 
 def make_split(cfg, ds: data.Dataset) -> dict[str, np.ndarray]:
@@ -71,6 +72,10 @@ def make_split(cfg, ds: data.Dataset) -> dict[str, np.ndarray]:
         if not len(parts["test"]):
             raise DataError("--split random: no genre has 2 or more songs, so nothing is left to test on; "
                             "use more songs, or --split FOLDER with train.txt and test.txt in it")
+    elif split == "all":  # every song trains (but the validation share): the test songs are --test-data's
+        if not getattr(cfg, "test_data", ""):
+            raise ConfigError("--split all trains on every song of --data; give --test-data FOLDER to test on")
+        parts = data.random_split(ds.labels, test_fraction=0.0, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
     elif split == "fault-filtered":
         parts = _fault_filtered(ds, filtered_lists(), where=cfg.data)
     elif kfold and groups:
@@ -86,7 +91,7 @@ def make_split(cfg, ds: data.Dataset) -> dict[str, np.ndarray]:
                         f"[, valid.txt])")
     else:
         raise ConfigError(f"--split {split!r} is not one of: {FORMS}")
-    parts = check_split(parts, len(ds), what=what, groups=groups)
+    parts = check_split(parts, len(ds), what=what, groups=groups, need_test=split != "all")
     if groups:
         _say_missing_genres(parts, ds, what + (f" fold {cfg.fold}" if kfold else ""), by)
     return parts
@@ -102,7 +107,7 @@ def describe(cfg) -> str:
 
 
 def check_split(parts: dict[str, np.ndarray], n_songs: int, *, what: str = "split",
-                groups: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                groups: Sequence[str] | None = None, need_test: bool = True) -> dict[str, np.ndarray]:
     """Sorted unique int64 indices per part; raise DataError unless the parts are disjoint, within
     [0, n_songs), train and test are non-empty, and, given `groups` ([n_songs] group keys), no group has
     songs on two sides."""
@@ -114,7 +119,7 @@ def check_split(parts: dict[str, np.ndarray], n_songs: int, *, what: str = "spli
                 raise DataError(f"{what}: song {int(both[0])} is in both {a} and {b}")
         if out[a].size and (out[a][0] < 0 or out[a][-1] >= n_songs):
             raise DataError(f"{what}: {a} holds song indices outside [0, {n_songs})")
-    for k in ("train", "test"):
+    for k in ("train", "test") if need_test else ("train",):
         if not out[k].size:
             raise DataError(f"{what}: the {k} part is empty")
     if groups is not None:  # the guarantee a grouped split makes: no artist (album, folder) on two sides

@@ -29,8 +29,8 @@ import scipy.fft
 from crnn_jax import files
 from crnn_jax.data import dataset as data_lib
 from crnn_jax import mel as mel_lib
-from crnn_jax import model as model_lib
 from crnn_jax.training import report
+from crnn_jax.training.evaluator import padded_batches
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data.dataset import DataError
 
@@ -73,12 +73,9 @@ def song_features(cfg: Config, ds: data_lib.Dataset, songs: np.ndarray) -> Featu
     songs = np.asarray(songs, np.int64)
     crop = cfg.crop_samples
     w_song, w_off = data_lib.eval_windows(ds.lengths, songs, crop=crop, hop=cfg.eval_hop_samples)
-    logmel = _log_mel_fn(model_lib.mel_config_of(cfg))
+    logmel = _log_mel_fn(cfg.mel)
     frames = []  # per window: [frames, 40]
-    for i in range(0, len(w_song), BATCH):
-        s, o = w_song[i:i + BATCH], w_off[i:i + BATCH]
-        n = len(s)
-        s, o = np.concatenate([s, np.repeat(s[-1:], BATCH - n)]), np.concatenate([o, np.repeat(o[-1:], BATCH - n)])
+    for s, o, n in padded_batches(w_song, w_off, BATCH):  # one compiled shape
         x = ds.crops(s, o, crop).astype(np.float32) / data_lib.INT16_SCALE  # [BATCH, crop]
         frames.append(mfcc_frames(np.asarray(logmel(x), np.float64))[:n])  # [n, frames, 40]
     f = np.concatenate(frames)  # [W, frames, 40]
@@ -153,14 +150,27 @@ def run(workdir: str, *, log=print) -> dict:
     if missing:
         raise DataError(f"{len(missing)} songs of split.json are not in the data (first: {missing[0]})")
     split = {k: np.array([index[n] for n in split_names.get(k, [])], np.int64) for k in ("train", "valid", "test")}
+    if cfg.test_data:  # trained on --data, tested on every song of --test-data (as the network was)
+        ds, split["test"] = _with_songs_of(ds, loop.load_test_data(cfg, ds.class_names))
     songs = np.concatenate(list(split.values()))
     feats = song_features(cfg, ds, songs)
     log(f"features: {', '.join(f'{k} {len(v)} songs' for k, v in split.items() if len(v))}, {len(feats.win)} "
         f"windows ({time.time() - t0:.1f} s)")
-    out = {"workdir": workdir, "data": cfg.data, "split": cfg.split, **evaluate(ds, split, feats)}
+    out = {"workdir": workdir, "data": cfg.data, "split": cfg.split, "test_data": cfg.test_data or cfg.data,
+           **evaluate(ds, split, feats)}
     out["seconds"] = time.time() - t0
     files.write_json(os.path.join(workdir, "baseline_mfcc_svm.json"), out)
     return out
+
+
+def _with_songs_of(ds: data_lib.Dataset, other: data_lib.Dataset) -> tuple[data_lib.Dataset, np.ndarray]:
+    """ds's songs, then `other`'s (labelled in ds's genres) in one Dataset -> (it, the indices of other's songs)."""
+    both = data_lib.Dataset(
+        audio=np.concatenate([np.asarray(ds.audio), np.asarray(other.audio)]),
+        lengths=np.concatenate([ds.lengths, other.lengths]), labels=np.concatenate([ds.labels, other.labels]),
+        names=ds.names + tuple(f"test:{n}" for n in other.names), class_names=ds.class_names,
+        sample_rate=ds.sample_rate, offsets=np.concatenate([ds.offsets, other.offsets + len(ds.audio)]))
+    return both, len(ds) + np.arange(len(other), dtype=np.int64)
 
 
 def segment_split_demo(folder: str, *, train_share: float = 0.7) -> dict:

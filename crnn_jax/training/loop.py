@@ -30,7 +30,7 @@ from crnn_jax.training import feed as feed_lib
 from crnn_jax.training import report
 from crnn_jax.training import steps as steps_lib
 from crnn_jax.training import workdir as workdir_lib
-from crnn_jax.training.evaluator import Evaluator
+from crnn_jax.training.evaluator import Evaluator, relabel
 from crnn_jax.training.runlog import RunLog, TrainMetrics
 
 TARGET_ACCURACY = 0.9  # validation song accuracy whose first crossing results.json reports as wall time
@@ -48,6 +48,14 @@ def load_data(cfg: Config) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
     from crnn_jax.data import loaders  # real audio: decoding and caching (soundfile, PyAV, scipy)
 
     return loaders.load(cfg)
+
+
+def load_test_data(cfg: Config, class_names: tuple[str, ...]) -> data_lib.Dataset:
+    """--test-data: every song of another folder, labelled in the training data's genre order (its genres
+    must be among them)."""
+    from crnn_jax.data import loaders
+
+    return relabel(loaders.load_dataset(cfg.replace(data=cfg.test_data, split="random", test_data="")), class_names)
 
 
 def prepare(cfg: Config, workdir: str, log=print) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
@@ -70,6 +78,8 @@ def train(cfg: Config, *, log=print) -> dict:
     log = log if primary else (lambda *_: None)
     # Every process checks and loads; all must agree on config and data before anything is written.
     ds, split = dist.agreed(lambda: prepare(cfg, workdir, log), lambda r: dist.fingerprints(cfg, *r))
+    test_ds = load_test_data(cfg, ds.class_names) if cfg.test_data else ds  # the songs the test pass scores
+    test_songs = np.arange(len(test_ds), dtype=np.int64) if cfg.test_data else split["test"]
     spe = data_lib.steps_per_epoch(len(split["train"]), cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * spe
     log(f"data: {cfg.data}: {len(ds)} songs, {len(ds.class_names)} classes; split {cfg.split}"
@@ -155,10 +165,12 @@ def train(cfg: Config, *, log=print) -> dict:
     if best_ckpt is not None:
         best_ckpt.close()
     results["best_valid"] = best.as_dict()
-    test = results["test"] = evaluate(test_state, split["test"])
+    if cfg.test_data:
+        evaluate = Evaluator.for_training(cfg, test_ds, net, n_dev, dist.local_devices())
+    test = results["test"] = evaluate(test_state, test_songs)
     results.update(test_accuracy=test["accuracy"], test_window_accuracy=test["window_accuracy"],
-                   n_test=test["n_songs"], class_names=list(ds.class_names),
-                   test_songs=[ds.names[i] for i in split["test"]])
+                   n_test=test["n_songs"], class_names=list(ds.class_names), test_data=cfg.test_data or cfg.data,
+                   test_songs=[test_ds.names[i] for i in test_songs])
     if primary:
         results["time_to_accuracy"] = run_log.time_to_accuracy(TARGET_ACCURACY)
         report.write_run_report(workdir, cfg, ds.class_names, results, run_log.metrics)

@@ -135,6 +135,8 @@ def _build(ctx, clips_per_class, seconds):
 def stage_epoch(ctx, *, preset, crop):
     """One epoch through train.train, timed as the second of two (the first compiles), from the loop's own
     log lines (which follow a device_get), with the data set resident on the device, one call per epoch."""
+    from crnn_jax.training import loop as train_lib  # train(); crnn_jax.train.train before the reorganisation
+
     size = ctx.size
     build = _build(ctx, size["clips_per_class"], size["clip_seconds"])
     ctx.save(data_build_s=build["seconds"], data_build_workers=build["workers"], data_build_fallback=build.get("fallback"))
@@ -161,7 +163,7 @@ def stage_profile(ctx):
 
     crop, batch = ctx.size["profile"]
     cfg = bench_train.base_config().replace(crop_seconds=crop, batch_size=batch, **ctx.size["model"])
-    run, info = bench_train.jax_runner(cfg, bench_train.train_inputs(cfg, batch))
+    run, _ = bench_train.jax_runner(cfg, bench_train.train_inputs(cfg, batch))
     run(), run()
     trace_dir = os.path.join(ctx.tmp, "trace")
     n_steps = 3
@@ -191,10 +193,7 @@ def stage_grid(ctx, *, precision):
             skipped.append({"crop_s": crop, "batch": batch, "reason": f"{left:.0f} s of the stage left, "
                                                                       f"{s['point_jax']} s needed"})
             continue
-        torch_why = (worker.unavailable() if worker else "torch worker not started") or (
-            None if left >= s["point_jax"] + s["point_torch"] else
-            f"{left:.0f} s of the stage left, {s['point_jax'] + s['point_torch']} s needed with torch")
-        ctx.log(f"  train {precision} crop {crop:g} s batch {batch}{'' if torch_why is None else ' (jax only)'}")
+        ctx.log(f"  train {precision} crop {crop:g} s batch {batch}")
         cfg = base.replace(crop_seconds=crop, batch_size=batch)
         try:
             entry, variables, _ = bench_train.measure_jax(cfg, repeats=s["repeats"], peak=peak)
@@ -205,20 +204,25 @@ def stage_grid(ctx, *, precision):
             continue
         entries.append(entry)
         ctx.save(runs=entries, skipped_points=skipped)  # kept if the stage dies at a later point
+        left = ctx.left()  # torch at this point only if its compile still fits in the stage
+        torch_why = (worker.unavailable() if worker else "torch worker not started") or (
+            None if left >= s["point_torch"] else f"{left:.0f} s of the stage left, {s['point_torch']} s needed")
         if torch_why is None:
             path = torch_worker.save_variables(variables, os.path.join(ctx.tmp, "torch-variables.pkl"))
             request = {"cfg": {"precision": precision, "crop_seconds": crop, "batch_size": batch, **s["model"]},
                        "variables": path, "repeats": s["repeats"], "threads": os.cpu_count(), "inject": inject}
             timing = worker.call(request, timeout=max(1.0, ctx.left() - 3))
             bench_train.add_torch_row(entry, timing, peak)
-            if "error" in timing:
-                ctx.log(f"  torch failed: {timing['error'][:300]}")
+            ctx.log(f"  torch failed: {timing['error'][:300]}" if "error" in timing else
+                    f"  torch: {timing['impl']}, {np.median(timing['times']):.4f} s a step")
         else:
             entry["torch_skipped"] = torch_why
+            ctx.log(f"  torch not run: {torch_why}")
         ctx.save(runs=entries, skipped_points=skipped)
     torch_rows = [r for e in entries for r in e["rows"][1:]]
     r = {"precision": precision, "peak_flops": peak, "runs": entries, "skipped_points": skipped,
-         "failed_points": failed, "torch_failures": sum("error" in r for r in torch_rows), "ok": bool(entries)}
+         "failed_points": failed, "torch_failures": sum("error" in r for r in torch_rows),
+         "torch_worker": worker and worker.hello, "ok": bool(entries)}
     if not entries:
         r["error"] = "no point measured: " + "; ".join(x.get("error") or x["reason"] for x in failed + skipped)[:1000]
     return r

@@ -27,17 +27,16 @@ import faulthandler
 import importlib.metadata
 import os
 import platform
-import signal
 import sys
 import tempfile
-import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 # The checkout's crnn_jax, and this folder's modules. Nothing heavier at the top level: the data build's
 # spawned workers re-run it.
 sys.path[:0] = [p for p in (ROOT, HERE) if p not in sys.path]
+
+from gpu_schedule import Budget, StageContext, log, run_stages  # noqa: E402  (standard library only)
 
 LIMIT_S = 600  # the device tool's limit on one call
 SPARE_S = 120  # left under it: a compile the alarm cannot cut short, the final write, the copy back
@@ -62,59 +61,6 @@ INJECT_KINDS = ("torch-fail", "torch-crash", "stage-raise", "overrun")  # tests 
 OVERRUN_LIMIT_S = 0.5  # an --inject overrun stage's time limit
 
 
-class Overrun(BaseException):
-    """Raised by SIGALRM in a stage past its limit. BaseException: the stage's own handlers must not catch it."""
-
-
-class Budget:
-    """Seconds left of `seconds`, counted from `t0` (time.time() of run.sh's start; now if unknown)."""
-
-    def __init__(self, seconds: float, t0: float | None = None):
-        already = min(max(time.time() - t0, 0.0), 300.0) if t0 else 0.0
-        self.end = time.monotonic() - already + seconds
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-
-class StageContext:
-    """What a stage sees: its sizes, mode, temp dir, the shared results, its time left, partial saves."""
-
-    def __init__(self, name, limit_s, *, sizes, quick, tmp, results, write, shared, inject, log=print):
-        self.name, self.quick, self.tmp, self.results = name, quick, tmp, results
-        self.write, self.shared, self.inject, self.log, self._sizes = write, shared, inject, log, sizes
-        self.deadline = time.monotonic() + limit_s
-        self.partial: dict = {}
-
-    @property
-    def size(self) -> dict:
-        """gpu_stages.FULL or QUICK: read on use, since the first stage is what imports gpu_stages."""
-        return self._sizes()
-
-    def left(self) -> float:
-        """Seconds until this stage's limit."""
-        return self.deadline - time.monotonic()
-
-    def save(self, **numbers) -> None:
-        """Record numbers so far: kept (and written now) if the stage dies later."""
-        self.partial.update(numbers)
-        self.results["stages"][self.name] = {**self.results["stages"].get(self.name, {}), **self.partial,
-                                             "running": True}
-        self.write()
-
-
-def log(msg: str) -> None:
-    print(f"[{datetime.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (wall time lies on a busy machine)."""
-    import resource
-
-    return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
-               for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-
-
 def package_versions() -> dict:
     """Installed versions, read without importing anything (an import may be what fails)."""
     out = {}
@@ -125,64 +71,6 @@ def package_versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def guarded(fn, ctx, limit_s: float) -> dict:
-    """fn(ctx) under SIGALRM at limit_s -> its dict, or the partial numbers with "ok": False and "error"."""
-    result = None
-
-    def alarm(signum, frame):
-        raise Overrun()
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    try:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, max(limit_s, 0.01))
-            result = fn(ctx)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except Overrun:
-        if result is None:  # (the alarm may land between the stage's return and the disarm: its result stands)
-            result = {**ctx.partial, "ok": False, "overran": True,
-                      "error": f"stopped at its time limit of {limit_s:.1f} s (the numbers above are partial)"}
-    except Exception as e:
-        tb = traceback.format_exception(type(e), e, e.__traceback__)
-        result = {**ctx.partial, "ok": False, "error": f"{type(e).__name__}: {e}"[:2000],
-                  "traceback": "".join(tb[-3:])[-1500:]}
-    finally:
-        signal.signal(signal.SIGALRM, previous)
-    return result
-
-
-def run_stages(stages, runners, needs, budget, results, write, make_ctx, *, forced_limits=None, log=log):
-    """Run `stages` in order, each guarded (see the module docstring); results["stages"] gets one record each."""
-    forced_limits = forced_limits or {}
-    for i, name in enumerate(stages):
-        need, left = needs[name], budget.left()
-        if results.get("aborted"):
-            results["stages"][name] = {"skipped": f"not run: {results['aborted']}"}
-        elif left < need:
-            results["stages"][name] = {"skipped": f"{left:.0f} s of the budget left, {need} s needed"}
-        if name in results["stages"]:
-            log(f"{name}: skipped ({results['stages'][name]['skipped']})")
-            write()
-            continue
-        reserve = 0  # the planned seconds of the later stages that will still fit after this one's
-        for n in stages[i + 1:]:
-            reserve += needs[n] if reserve + needs[n] <= left - need else 0
-        limit = forced_limits.get(name, left - reserve)
-        results["stages"][name] = {"running": True, "need_s": need, "limit_s": limit}
-        write()  # a call killed from outside still shows which stage it was in
-        log(f"{name} (limit {limit:.1f} s, {left:.0f} s of the budget left)")
-        t0, cpu0 = time.perf_counter(), _cpu_seconds()
-        r = guarded(runners[name], make_ctx(name, limit), limit)
-        r.update(need_s=need, limit_s=limit, stage_s=time.perf_counter() - t0, cpu_s=_cpu_seconds() - cpu0)
-        results["stages"][name] = r
-        log(f"{name}: {'ok' if r.get('ok') else 'FAILED ' + r.get('error', '')[:300]} in {r['stage_s']:.1f} s "
-            f"({r['cpu_s']:.1f} CPU s)")
-        if name == "backend" and not r.get("ok"):
-            results["aborted"] = f"the backend check failed ({r.get('error', '')[:200]})"
-        write()
 
 
 def print_plan(quick: bool, budget_s: float) -> None:
@@ -208,7 +96,7 @@ def _parse_inject(text: str) -> dict:
     return out
 
 
-def _setup_env(quick: bool) -> dict:
+def _setup_env() -> dict:
     """Before JAX starts: the GPU memory policy and the on-disk compilation caches -> where they are."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch's process needs GPU memory too
     root = os.environ.setdefault("CRNN_GPU_CACHE", os.path.join(tempfile.gettempdir(), "crnn_jax_gpu_cache"))
@@ -244,14 +132,14 @@ def main(argv=None) -> int:
         print_plan(args.quick, args.budget_s)
         return 0
     stages = [s for s in STAGES if s in chosen | {"backend"}]
-    cache = _setup_env(args.quick)
+    cache = _setup_env()
     try:
         t0 = float(os.environ.get("CRNN_GPU_T0", ""))
     except ValueError:
         t0 = None
     budget = Budget(args.budget_s, t0)
     os.makedirs(args.out, exist_ok=True)
-    import gpu_report as report_lib  # stdlib only
+    import gpu_report as report_lib  # standard library only
 
     col = 2 if args.quick else 1
     needs = {name: row[col] for row in PLAN for name in [row[0]]}
@@ -286,8 +174,12 @@ def main(argv=None) -> int:
                 import gpu_stages  # starts JAX: inside the stage's guard
 
                 modules["stages"] = gpu_stages
-            r = modules["stages"].RUNNERS[name](ctx)
-            if name == "backend" and {"train_fp32", "train_bf16"} & set(stages):
+            try:
+                r = modules["stages"].RUNNERS[name](ctx)
+            finally:
+                if grid and name == grid[-1] and "torch" in shared:  # its GPU memory goes back for the rest
+                    shared["torch"].close()
+            if name == "backend" and grid:
                 import torch_worker  # start torch's import now: it overlaps the stages before the grid
 
                 shared["torch"] = torch_worker.TorchWorker(gpu=r["backend"] == "gpu", log=log)
@@ -295,6 +187,7 @@ def main(argv=None) -> int:
             return r
         return run
 
+    grid = [s for s in stages if s in ("train_fp32", "train_bf16")]
     runners = {name: runner(name) for name in stages}
     with tempfile.TemporaryDirectory(prefix="crnn_gpu_") as tmp:
         sizes = lambda: getattr(modules["stages"], "QUICK" if args.quick else "FULL")

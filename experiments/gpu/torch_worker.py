@@ -43,9 +43,13 @@ class TorchWorker:
             return
         env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
             [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                     cwd=ROOT)
         self.starts += 1
+        try:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                         cwd=ROOT)
+        except OSError as e:  # no process, no torch rows; the JAX rows do not depend on it
+            self.fatal = f"the torch worker did not start: {e}"
+            return
         self.hello = None
         self._lines = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout, self._lines), daemon=True).start()
@@ -84,6 +88,8 @@ class TorchWorker:
         deadline = time.monotonic() + timeout
         try:
             self.start()
+            if self.fatal:
+                return {"error": self.fatal}
             if self.hello is None:
                 self.hello = self._answer(deadline - time.monotonic())
                 if "fatal" in self.hello:
@@ -98,6 +104,7 @@ class TorchWorker:
             return self._answer(deadline - time.monotonic())
         except (_Lost, OSError) as e:  # OSError: a broken pipe to a worker that died
             self.last_error = str(e)
+            self.log(f"  torch worker: {e}; killed ({self.max_starts - self.starts} restart(s) left)")
             self._kill()
             return {"error": self.last_error}
         except BaseException:
@@ -173,12 +180,13 @@ def serve() -> int:
         try:
             if inject == "fail":  # tests only
                 raise RuntimeError("injected torch failure (stands in for a torch.compile error or a CUDA OOM)")
-            answer(_point(ref, train_step, request))
+            result = _point(ref, train_step, request)
         except Exception as e:
-            answer({"error": f"{type(e).__name__}: {e}"[:2000],
-                    "out_of_memory": isinstance(e, torch.cuda.OutOfMemoryError)})
-            if cuda:
-                torch.cuda.empty_cache()  # the next shape starts from a clean pool
+            result = {"error": f"{type(e).__name__}: {e}"[:2000],
+                      "out_of_memory": isinstance(e, torch.cuda.OutOfMemoryError)}
+        if cuda:  # torch's cached blocks go back: JAX's next point shares the GPU
+            torch.cuda.empty_cache()
+        answer(result)
     return 0
 
 

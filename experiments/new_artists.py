@@ -1,0 +1,20 @@
+"""New artists through another recording chain: the gtzan70 recipe trained on all 70 clips of gtzan-70 (GTZAN ids
+00-09 of each genre, mostly one artist or album per genre) and tested on every clip of gtzan-53-16k (53 clips of
+ids 11-96: mostly other artists, and resampled to 16 kHz, so nothing above 8 kHz). The number it gives mixes
+"artist never heard" with "another recording chain"; experiments/README.md, "New artists", separates the two.
+
+    crnn-jax train --config experiments/new_artists.py --seed 0 --workdir runs/na-seed0
+    python experiments/baseline_mfcc_svm.py --workdir runs/na-seed0      # MFCC+SVM on the same songs
+    crnn-jax train --config experiments/new_artists.py --seed 0 --set eq_db=6 --workdir runs/na-eq6-seed0
+
+results.json: test_accuracy (by song over the 53), per-class recall (test.per_class), confusion, test loss.
+The split is "all": every gtzan-70 clip trains (valid_fraction 0, as in gtzan70.py), for the 1,680 steps the
+recipe was tuned at (56 songs a fold there, 70 here).
+"""
+
+import os
+
+from crnn_jax.config import load_preset
+
+config = load_preset(os.path.join(os.path.dirname(os.path.abspath(__file__)), "gtzan70.py")).replace(
+    split="all", test_data="../shared/data/gtzan-53-16k", max_steps=1680)
