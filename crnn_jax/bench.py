@@ -7,7 +7,7 @@
 `mel` (bench_mel.py): the jitted log-mel front end (mel.log_mel_spectrogram, default MelConfig) beside
 librosa doing the same work clip by clip in the same run. `train` (bench_train.py): the training call
 train.py makes (steps.parallel(make_multi_step(make_train_step))) beside the PyTorch twin in
-experiments/torch_reference.py, same shapes, weights and inputs. `ingest` (benchmarks/ingest.py):
+crnn_jax/benchmarks/torch_reference.py, same shapes, weights and inputs. `ingest` (benchmarks/ingest.py):
 audio-hours per minute decoded from a folder into the cache with 1 and N worker processes, and peak RSS.
 To add a subcommand, write a module with `add_args(parser)` and a runner, and register them in `_SUBCOMMANDS`.
 """

@@ -92,6 +92,8 @@ class AugmentConfig:
     label_smoothing: float = 0.0  # targets (1 - s) one-hot + s / n_classes (sigmoid head: + s / 2) (0 = off)
     eq_db: float = 0.0  # random EQ: a smooth per-mel-band gain curve within +-eq_db dB (0 = off)
     speed_change: float = 0.0  # pitch + tempo by resampling: playback rate in [1/(1+d), 1+d], log-uniform (0 = off)
+    lowpass_prob: float = 0.0  # share of crops low-passed at a cutoff log-uniform in [lowpass_min_hz, Nyquist] (0 = off)
+    lowpass_min_hz: float = 3000.0  # Hz, the lowest cutoff of the random low-pass
 
     @property
     def spec_masks(self) -> bool:
@@ -105,7 +107,7 @@ class AugmentConfig:
     @property
     def active(self) -> bool:
         """Anything beyond the random gain is on (else the step is the plain one)."""
-        return self.spec_masks or self.soft_targets or self.eq_db > 0 or self.speed_change > 0
+        return self.spec_masks or self.soft_targets or self.eq_db > 0 or self.speed_change > 0 or self.lowpass_prob > 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,6 +71,10 @@ def check(c) -> None:
     for name in ("spec_time_masks", "spec_time_mask_frames", "spec_freq_masks", "spec_freq_mask_bins"):
         need(isinstance(getattr(c, name), int) and getattr(c, name) >= 0,
              f"{name} must be an integer >= 0, got {getattr(c, name)!r}")
+    need(math.isfinite(c.lowpass_prob) and 0.0 <= c.lowpass_prob <= 1.0,
+         f"lowpass_prob must be in [0, 1], got {c.lowpass_prob}")
+    need(math.isfinite(c.lowpass_min_hz) and 0.0 < c.lowpass_min_hz <= c.sample_rate / 2,
+         f"lowpass_min_hz must be in (0, {c.sample_rate / 2:g}] Hz (the Nyquist frequency), got {c.lowpass_min_hz}")
     need(c.spec_freq_mask_bins <= c.n_mels,
          f"spec_freq_mask_bins ({c.spec_freq_mask_bins}) must be <= n_mels ({c.n_mels})")
     need(math.isfinite(c.mixup_alpha) and c.mixup_alpha >= 0,

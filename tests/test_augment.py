@@ -2,14 +2,13 @@
 different across devices' shards, and the train step they run in (one device or two give the same losses)."""
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE
+from conftest import SMOKE
 from crnn_jax.training import augment as A
 from crnn_jax import config as config_lib
 from crnn_jax import model as M
@@ -133,18 +132,12 @@ def test_off_is_exact_identity():
     assert not np.asarray(masked[:, :, 3]).any() and np.array_equal(masked[:, :, 4], plain[:, :, 4])
 
 
-def _step_on(n_devices, aug, cfg, net, tx, state, batch):
-    """One train step with the batch split over n_devices "devices" (vmap with the pmap axis name)."""
-    step = S.make_train_step(net, tx, head=cfg.head, seed=cfg.seed, augment=aug, crop_samples=cfg.crop_samples)
-    shard = {k: S.shard(v, n_devices) for k, v in batch.items()}
-    new, metrics = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name=S.AXIS))(state, shard)
-    return jax.tree.map(lambda x: np.asarray(x[0]), new), float(metrics["loss"][0])
-
-
 @pytest.fixture(scope="module")
 def tiny():
     """A one-block CNN (the front end and the loss are what augmentations touch) and one batch of 8;
-    run(n_devices, settings) -> (state, loss), each combination compiled once."""
+    run(n_devices, settings, step=0) -> (state, loss) of one train step from the initial state at that step
+    number, with the batch split over n_devices "devices" (vmap with the pmap axis name); each (n_devices,
+    settings) compiled once, each result computed once unless again=True."""
     cfg = config_lib.load_preset(SMOKE).replace(model="cnn", conv_channels=(4,), freq_pools=(4,), time_pools=(2,),
                                                  n_mels=32, dropout=0.0)
     net = M.build_model(cfg, 10, axis_name=S.AXIS)
@@ -154,13 +147,19 @@ def tiny():
     read = cfg.replace(speed_change=0.1).read_samples  # a speed change reads longer crops
     batch = {"crops": rng.integers(-8000, 8000, (8, read)).astype(np.int16),
              "gains": np.ones(8, np.float32), "labels": np.arange(8, dtype=np.int32)}
-    done = {}
+    compiled, done = {}, {}
 
-    def run(n_devices, aug):
-        if (n_devices, aug) not in done:
+    def run(n_devices, aug, step=0, again=False):
+        if (n_devices, aug) not in compiled:
+            train_step = S.make_train_step(net, tx, head=cfg.head, seed=cfg.seed, augment=aug,
+                                           crop_samples=cfg.crop_samples)
+            compiled[n_devices, aug] = jax.jit(jax.vmap(train_step, in_axes=(None, 0), axis_name=S.AXIS))
+        if again or (n_devices, aug, step) not in done:
             b = batch if aug is not None and aug.speed_change else dict(batch, crops=batch["crops"][:, :cfg.crop_samples])
-            done[n_devices, aug] = _step_on(n_devices, aug, cfg, net, tx, state, b)
-        return done[n_devices, aug]
+            new, metrics = compiled[n_devices, aug](state.replace(step=jnp.int32(step)),
+                                                    {k: S.shard(v, n_devices) for k, v in b.items()})
+            done[n_devices, aug, step] = jax.tree.map(lambda x: np.asarray(x[0]), new), float(metrics["loss"][0])
+        return done[n_devices, aug, step]
 
     run.cfg = cfg
     run.on = dataclasses.replace(ON, speed_change=0.1)  # every augmentation
@@ -174,6 +173,16 @@ def test_train_step_off_is_the_plain_step_and_on_acts(tiny):
     jax.tree.map(np.testing.assert_array_equal, off_state, plain_state)
     assert tiny(1, ON)[1] != plain
     assert tiny(1, tiny.on)[1] not in (plain, tiny(1, ON)[1])  # the speed change acts in the step too
+
+
+def test_the_train_step_draws_its_augmentations_from_seed_and_step(tiny):
+    # Every augmentation on, dropout off: the same state at the same step draws the same masks, mixes, EQ
+    # curves and rates (the same loss, computed again); at the next steps it draws others. The plain step's loss
+    # does not depend on the step number at all (nothing else before the update reads it).
+    loss = {s: tiny(1, tiny.on, step=s)[1] for s in (5, 6, 7)}
+    assert tiny(1, tiny.on, step=5, again=True)[1] == loss[5]
+    assert len(set(loss.values())) == 3
+    assert len({tiny(1, None, step=s)[1] for s in (5, 6, 7)}) == 1
 
 
 def test_each_augmentation_acts_alone():

@@ -524,7 +524,7 @@ def test_ctrl_c_while_loading_data_and_a_data_file_are_one_line(tmp_path, capsys
 
 
 @pytest.mark.parametrize("preset", sorted(f for f in os.listdir(os.path.join(ROOT, "experiments"))
-                                          if f.endswith(".py") and f != "baseline_mfcc_svm.py"))
+                                          if f.endswith(".py") and f not in ("baseline_mfcc_svm.py", "through_16k.py")))
 def test_every_preset_loads_and_passes_the_config_checks(preset):
     """Each experiments/<name>.py preset defines a Config that Config's own checks accept."""
     cfg = config_lib.load_preset(os.path.join(ROOT, "experiments", preset))

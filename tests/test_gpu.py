@@ -25,7 +25,8 @@ def _gpus():
         return []
 
 
-pytestmark = pytest.mark.skipif(not _gpus(), reason="no GPU visible to JAX (these tests compare GPU with CPU)")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not _gpus(), reason="no GPU visible to JAX (these tests compare GPU with CPU)")]
 
 CFG = Config(conv_channels=(8, 16, 16, 16), gru_units=(8, 8), crop_seconds=1.0, dropout=0.0, batch_size=4)
 

@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from crnn_jax import bench
 from crnn_jax.data import dataset as data_lib
@@ -95,8 +94,8 @@ def test_decode_song_returns_a_bad_file_and_raises_a_failed_write(tmp_path, monk
         raise RuntimeError("codec exploded\non two lines")
 
     monkeypatch.setattr(decode, "blocks", exploding)
-    assert ingest.decode_song(sink, path, SR, 0, 100) == (0, f"{path}: cannot be decoded (RuntimeError: codec "
-                                                             f"exploded on two lines)")
+    why = f"{path}: cannot be decoded (RuntimeError: codec exploded on two lines)"
+    assert ingest.decode_song(sink, path, SR, 0, 100) == (0, why)
     monkeypatch.undo()
 
     class FullDisk(data_lib.SampleSink):

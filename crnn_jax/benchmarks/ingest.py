@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def bench_ingest(args: argparse.Namespace) -> dict:
     """Run the measurements of `args` (see add_args), print a table, return (and --json write) the results."""
-    counts = [int(w) for w in args.workers.split(",") if w.strip()] if args.workers.strip() else []
+    try:
+        counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        counts = []
     if not counts or min(counts) < 1:
         raise ValueError(f"--workers must list worker counts >= 1, got {args.workers!r}")
     if args.repeats < 1:
@@ -148,19 +150,20 @@ def _write_av(path: str, x, rate: int, codec: str) -> None:
 
 
 def _warm(folder: str) -> int:
-    """Read every audio file under `folder` once (each inode once), so that no run pays the disk -> files."""
+    """Read every song of the library `folder` once (each inode once), so that no run pays the disk
+    -> songs. DataError (one line) if it is no library."""
     from crnn_jax.data import folders
 
-    files, _ = folders.audio_files([folder])
+    groot, songs = folders.find_songs(folder)
     seen = set()
-    for f in files:
+    for f in (os.path.join(groot, s) for s in songs):
         ino = os.stat(f).st_ino
         if ino not in seen:
             seen.add(ino)
             with open(f, "rb") as fh:
                 while fh.read(1 << 22):
                     pass
-    return len(files)
+    return len(songs)
 
 
 # --- one measurement ---------------------------------------------------------------------------------------

@@ -39,6 +39,11 @@ The augmentations (Config fields; all off by default, presets turn them on):
   between two, -3 dB at a quarter of the sample rate and full cancellation at Nyquist); at
   r > 1 content above sample_rate / (2 r) folds back (at d = 0.1, 22,050 Hz: 10.0-11.0 kHz into the top
   mel bands), where music carries little energy. It runs first, so mixup mixes two resampled crops.
+- random low-pass, `lowpass_prob` p: with probability p an example's crop loses everything above a cutoff
+  log-uniform in [`lowpass_min_hz`, the Nyquist frequency] (a brick wall on the crop's FFT: rfft, zero the bins
+  above, irfft), what a 16 kHz file (cutoff 8 kHz), a low-bitrate codec or a phone does to music; so the
+  network cannot lean on a band a user's recording chain may not carry. It runs after the speed change and
+  before mixup, on the waveform, so the log-mel sees a real band-limited signal (its top bands at the floor).
 Random gain (`gain_db`) is drawn by data.sample_batch, as before.
 """
 
@@ -50,7 +55,7 @@ import jax.numpy as jnp
 from crnn_jax.config import AugmentConfig
 
 STREAM = 1_000_003  # folded into PRNGKey(seed): the augmentation key stream, distinct from dropout's
-TIME, FREQ, MIX, EQ, SPEED = 0, 1, 2, 3, 4  # one sub-stream per augmentation
+TIME, FREQ, MIX, EQ, SPEED, LOWPASS = 0, 1, 2, 3, 4, 5  # one sub-stream per augmentation
 EQ_KNOTS = 5  # control points of the random EQ curve over the mel axis
 
 
@@ -118,6 +123,28 @@ def resample(audio: jax.Array, rates: jax.Array, n_out: int) -> jax.Array:
     return x0 + frac * (x1 - x0)
 
 
+def lowpass_cutoffs(keys: jax.Array, prob: float, min_hz: float, sample_rate: int) -> jax.Array:
+    """Cutoffs: keys [batch] -> Hz [batch] float32: log-uniform in [min_hz, sample_rate / 2] with probability
+    `prob`, else the Nyquist frequency itself (no low-pass)."""
+    nyquist = sample_rate / 2.0
+
+    def one(k):
+        k_on, k_hz = jax.random.split(k)
+        hz = jnp.exp(jax.random.uniform(k_hz, (), minval=jnp.log(min_hz), maxval=jnp.log(nyquist)))
+        return jnp.where(jax.random.uniform(k_on, ()) < prob, hz, nyquist).astype(jnp.float32)
+
+    return jax.vmap(one)(_sub(keys, LOWPASS))
+
+
+def lowpass(audio: jax.Array, cutoffs: jax.Array, sample_rate: int) -> jax.Array:
+    """audio [batch, n] with every frequency above its row's cutoff (Hz, [batch]) removed: a brick wall on the
+    crop's FFT -> [batch, n]. A cutoff at the Nyquist frequency returns the crop (to rounding)."""
+    n = audio.shape[-1]
+    spectrum = jnp.fft.rfft(audio, axis=-1)  # [batch, n // 2 + 1]
+    keep = jnp.fft.rfftfreq(n, 1.0 / sample_rate)[None, :] <= cutoffs[:, None]
+    return jnp.fft.irfft(spectrum * keep, n=n, axis=-1).astype(audio.dtype)
+
+
 def partners(n: int) -> jax.Array:
     """Mixup partner of each of n examples: neighbours swapped (0<->1, 2<->3, ...); an odd last one is its
     own partner (it stays unmixed). -> int32 [n]."""
@@ -147,7 +174,8 @@ def soft_targets(labels: jax.Array, n_classes: int, head: str, smoothing: float,
 
 
 def apply(s: AugmentConfig, keys: jax.Array, audio: jax.Array, labels: jax.Array, *, n_classes: int, head: str,
-          n_frames: int, n_mels: int, crop_samples: int) -> tuple[jax.Array, jax.Array | None, dict]:
+          n_frames: int, n_mels: int, crop_samples: int, sample_rate: int = 22050
+          ) -> tuple[jax.Array, jax.Array | None, dict]:
     """Everything `s` turns on, for one device's shard: keys [b] (example_keys), audio [b, samples] (with a
     speed change: [b, read] -> [b, crop_samples], the crop the network sees), labels [b] -> (audio [b, samples], targets [b, n_classes] or None when the integer labels are the
     targets, model keyword arguments: "spec_mask" bool [b, n_frames, n_mels], "band_db" [b, n_mels])."""
@@ -155,6 +183,8 @@ def apply(s: AugmentConfig, keys: jax.Array, audio: jax.Array, labels: jax.Array
     partner = lam = None
     if s.speed_change > 0:
         audio = resample(audio, speed_rates(keys, s.speed_change), crop_samples)
+    if s.lowpass_prob > 0:
+        audio = lowpass(audio, lowpass_cutoffs(keys, s.lowpass_prob, s.lowpass_min_hz, sample_rate), sample_rate)
     if s.mixup_alpha > 0:
         audio, partner, lam = mixup(keys, audio, s.mixup_alpha)
     if s.soft_targets:

@@ -102,7 +102,8 @@ def make_train_step(net: nn.Module, tx: optax.GradientTransformation, *, head: s
             crop = crop_samples if aug.speed_change > 0 else audio.shape[-1]  # a speed change reads more
             audio, targets, extra = augment_lib.apply(
                 aug, keys, audio, batch["labels"], n_classes=net.n_classes, head=head,
-                n_frames=net.mel_config.n_frames(crop), n_mels=net.mel_config.n_mels, crop_samples=crop)
+                n_frames=net.mel_config.n_frames(crop), n_mels=net.mel_config.n_mels, crop_samples=crop,
+                sample_rate=net.mel_config.sample_rate)
 
         def loss_of(params):
             logits, updated = net.apply({"params": params, "batch_stats": state.batch_stats}, audio, train=True,

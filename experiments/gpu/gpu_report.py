@@ -94,7 +94,7 @@ def markdown(results: dict) -> str:
            + (f", used {results['total_s']:.0f} s" if "total_s" in results else ""), "",
            "| stage | status | limit s | seconds |", "|---|---|---:|---:|"]
     for name, r in st.items():
-        out.append(f"| {name} | {_status(r)} | {_f(r.get('limit_s'), '{:.0f}')} | {_f(r.get('stage_s'), '{:.1f}')} |")
+        out.append(f"| {name} | {_status(r)} | {_f(r.get('limit_s'))} | {_f(r.get('stage_s'), '{:.1f}')} |")
     c = results.get("cache") or {}
     if c:
         out += ["", f"Compilation caches: XLA {c.get('xla')} ({c.get('xla_files_at_start')} files at the start), "

@@ -80,7 +80,7 @@ def guarded(fn, ctx, limit_s: float) -> dict:
     except Overrun:
         if result is None:  # (the alarm may land between the stage's return and the disarm: its result stands)
             result = {**ctx.partial, "ok": False, "overran": True,
-                      "error": f"stopped at its time limit of {limit_s:.1f} s (the numbers above are partial)"}
+                      "error": f"stopped at its time limit of {limit_s:.1f} s (numbers saved before that are kept)"}
     except Exception as e:
         tb = traceback.format_exception(type(e), e, e.__traceback__)
         result = {**ctx.partial, "ok": False, "error": f"{type(e).__name__}: {e}"[:2000],

@@ -6,10 +6,11 @@
 
 Stages run in order of value (PLAN): the backend check (outside --quick anything but JAX on a GPU stops the
 run), the headline numbers (training step fp32/bf16 against torch.compile, the GTZAN-size epoch, the log-mel),
-the rest, the GPU tests last. Each stage runs in its own guard: an exception, a torch failure (torch runs in a
-process of its own, experiments/gpu/torch_worker.py) or a stage over its time limit costs that stage (or those
-torch rows) only. OUT/gpu_results.json and .md are written before the first stage, as each stage starts
-(marked running) and after each one, so a call killed from outside still leaves every finished stage's numbers.
+the rest, the GPU tests last. Each stage runs in its own guard (gpu_schedule.py): an exception, a torch failure
+(torch runs in a process of its own, torch_worker.py) or a stage over its time limit costs that stage (or those
+torch rows) only. OUT/gpu_results.json and .md are written before the first stage, as each stage starts (marked
+running) and after each one, so a call killed from outside still leaves every finished stage's numbers. The
+stages themselves are in gpu_stages.py, the Markdown in gpu_report.py, the parallel data build in synth_pool.py.
 
 Time: the device tool kills a call after LIMIT_S; --budget-s (default LIMIT_S - SPARE_S) counts from run.sh's
 start. A stage starts only if the budget still holds its planned seconds; it may use those plus what earlier
