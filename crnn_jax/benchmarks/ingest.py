@@ -9,8 +9,8 @@ folders. Each measurement is a fresh `python -m crnn_jax.benchmarks.ingest --mea
 FOLDER into a fresh cache dir (folders.load_folder with --workers W, at 22050 Hz), so that peak RSS is
 that run's alone: the process's own (its VmHWM; its RSS before decoding, the imports, beside it), its
 largest worker's and the largest sum over the process and its children (sampled from /proc every 0.2 s,
-see _Sampler; Linux). The files are read once beforehand, so every run finds them in
-the page cache (the first run would otherwise pay the disk). Wall time includes starting the workers.
+see _Sampler; Linux only). The files are read once beforehand, so every run finds them in the page cache (the
+first would otherwise pay the disk). Wall time includes starting the workers; worker counts take turns.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -50,25 +51,30 @@ def bench_ingest(args: argparse.Namespace) -> dict:
         counts = []
     if not counts or min(counts) < 1:
         raise ValueError(f"--workers must list worker counts >= 1, got {args.workers!r}")
+    counts = list(dict.fromkeys(counts))
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.make:
         make_library(args.folder, args.make, seconds=args.seconds)
-    n_files = _warm(args.folder)
+    n_files, load_before = _warm(args.folder), os.getloadavg()
+    # Interleaved (1, 2, 1, 2, ...), so that load from other jobs hits every worker count alike.
+    reps = {w: [] for w in counts}
+    for _ in range(args.repeats):
+        for w in counts:
+            reps[w].append(_measure_in_child(args.folder, w))
     runs = []
     for w in counts:
-        reps = [_measure_in_child(args.folder, w) for _ in range(args.repeats)]
-        best = sorted(reps, key=lambda r: r["wall_s"])[len(reps) // 2]  # the median run, all of its numbers
-        best["wall_s_all"] = [r["wall_s"] for r in reps]
-        runs.append(best)
+        median = sorted(reps[w], key=lambda r: r["wall_s"])[len(reps[w]) // 2]  # that run, all its numbers
+        runs.append({**median, "wall_s_all": [r["wall_s"] for r in reps[w]]})
     base = runs[0]["hours_per_min"]
     for r in runs:
         r["ratio"] = r["hours_per_min"] / base
     result = {"folder": os.path.abspath(args.folder), "files": n_files, "sample_rate": SAMPLE_RATE,
               "machine": machine(), "versions": versions(), "runs": runs,
-              "date": time.strftime("%Y-%m-%d"), "load_avg": os.getloadavg()}
+              "date": time.strftime("%Y-%m-%d"), "load_avg_before": load_before, "load_avg_after": os.getloadavg()}
     print(f"{n_files} files, {runs[0]['audio_h']:.2f} h of audio, {result['machine']['cpu']} "
-          f"({result['machine']['cores']} cores), load average {result['load_avg'][0]:.2f}")
+          f"({result['machine']['cores']} cores), 1-min load average {load_before[0]:.2f} before, "
+          f"{result['load_avg_after'][0]:.2f} after")
     print("| workers | wall s | audio-hours/min | ratio | CPU s | parent RSS MiB: before, peak | worker peak | "
           "total peak |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -119,8 +125,7 @@ def _write_song(path: str, seconds: float, seed: int) -> None:
     t = np.arange(int(seconds * rate)) / rate
     freqs = rng.uniform(100, 2000, 3)  # Hz
     mono = sum(0.2 * np.sin(2 * np.pi * f * t) for f in freqs)
-    x = np.stack([mono, np.roll(mono, 100)], axis=1) + 0.02 * rng.standard_normal((len(t), 2))
-    x = x.astype(np.float32)  # [frames, 2]
+    x = (np.stack([mono, np.roll(mono, 100)], axis=1) + 0.02 * rng.standard_normal((len(t), 2))).astype(np.float32)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if ext in (".m4a", ".opus"):
         _write_av(path, x, rate, "aac" if ext == ".m4a" else "libopus")
@@ -184,8 +189,6 @@ def _measure_in_child(folder: str, workers: int) -> dict:
 def measure(folder: str, workers: int, cache: str) -> dict:
     """Decode `folder` into `cache` with `workers` processes, in this process -> wall s, audio, peak RSS
     (MiB): this process's before decoding and at its peak, its largest worker's, and parent + workers."""
-    import resource
-
     from crnn_jax.data import folders
 
     before = _status_kib(os.getpid(), "VmRSS") / 1024
@@ -200,9 +203,7 @@ def measure(folder: str, workers: int, cache: str) -> dict:
         sampler.stop.set()
         sampler.join()
     hours, cpu = float(ds.lengths.sum()) / SAMPLE_RATE / 3600, _cpu_s() - cpu0
-    # VmHWM, not ru_maxrss, which Linux keeps across exec: it would be the benchmark's RSS at the fork.
-    peak = _status_kib(os.getpid(), "VmHWM") / 1024 or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
-        2**20 if sys.platform == "darwin" else 2**10)  # elsewhere: bytes on macOS, KiB on other Unixes
+    peak = _status_kib(os.getpid(), "VmHWM") / 1024  # not ru_maxrss: see _Sampler
     return {"workers": workers, "wall_s": wall, "cpu_s": cpu, "songs": len(ds), "audio_h": hours,
             "hours_per_min": hours / (wall / 60), "hours_per_cpu_min": hours / (cpu / 60),
             "parent_before_mib": before, "parent_peak_mib": peak,
@@ -212,16 +213,14 @@ def measure(folder: str, workers: int, cache: str) -> dict:
 
 def _cpu_s() -> float:
     """CPU seconds (user + system) of this process and its reaped children (the workers, once joined)."""
-    import resource
-
-    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF,
-                                                                          resource.RUSAGE_CHILDREN)))
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
 class _Sampler(threading.Thread):
     """Every PERIOD s until `stop`: each worker's own peak RSS (its VmHWM) and the largest sum of the RSS
-    of this process and all its children, in KiB. Not RUSAGE_CHILDREN: Linux keeps a process's peak
-    across exec, so a spawned worker's counts its parent's RSS at the fork (measured: 262 MiB for 127)."""
+    of this process and all its children, in KiB. Not ru_maxrss: Linux keeps a process's peak across exec,
+    so a spawned process's counts its parent's RSS at the fork (measured: 262 MiB for a worker of 127)."""
 
     PERIOD = 0.2
 
@@ -243,12 +242,8 @@ class _Sampler(threading.Thread):
 
 def _children(pid: int) -> list[int]:
     """The processes whose parent is `pid` (Linux /proc; [] elsewhere)."""
-    out = []
-    for d in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        stat = _read(f"/proc/{d}/stat") if d.isdigit() else b""
-        if stat and int(stat.rsplit(b")", 1)[1].split()[1]) == pid:  # after "(comm)": state, ppid
-            out.append(int(d))
-    return out
+    stats = {int(d): _read(f"/proc/{d}/stat") for d in os.listdir("/proc") if d.isdigit()}
+    return [p for p, st in stats.items() if st and int(st.rsplit(b")", 1)[1].split()[1]) == pid]  # state, ppid
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -268,30 +263,28 @@ def _read(path: str) -> bytes:
 
 
 def machine() -> dict:
-    """CPU model (lscpu's "Model name" from /proc/cpuinfo), cores usable by this process, OS."""
+    """CPU model (/proc/cpuinfo's "model name", as lscpu shows it), cores this process may use, OS."""
     from crnn_jax.data import ingest
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": ingest.cores(), "os": platform.platform()}
+    models = [line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").decode().splitlines()
+              if line.startswith("model name")]
+    return {"cpu": models[0] if models else platform.processor() or platform.machine(), "cores": ingest.cores(),
+            "os": platform.platform()}
 
 
 def versions() -> dict:
-    import importlib.metadata
+    import importlib.metadata as md
 
     import soundfile as sf
 
-    out = {"python": platform.python_version(), "libsndfile": sf.__libsndfile_version__}
-    for name in ("numpy", "scipy", "soundfile", "av"):
+    def version(name: str) -> str | None:
         try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "libsndfile": sf.__libsndfile_version__,
+            **{name: version(name) for name in ("numpy", "scipy", "soundfile", "av")}}
 
 
 def _main(argv: list[str] | None = None) -> int:
