@@ -107,6 +107,62 @@ def two_device_run(tmp_path_factory) -> str:
     return wd
 
 
+class TinyTrain:
+    """The train step (steps.make_train_step) of a one-block CNN on 1 s crops, in this process, for the tests of
+    the step itself: the front end's and the conv block's BatchNorm, dropout, augmentations, the loss, the
+    gradient pmean and Algorithm 8.6 are all there, and it compiles in seconds.
+
+    state: the initial TrainState; batches: three global batches of 8 (crops of read_samples, long enough for
+    a 0.1 speed change; `batch(i)` cuts them to the crop). step(augment, dropout, n_devices) -> a jitted
+    fn(state, global batch) -> (state and metrics with a leading [n_devices] axis), the batch split over
+    n_devices simulated devices: jax.vmap with the pmap axis name runs the same pmeans and cross-device
+    BatchNorm statistics as jax.pmap over real devices (this process has one CPU device). Each (augment,
+    dropout, n_devices) is compiled once per session, whichever test asks first."""
+
+    def __init__(self):
+        import jax
+        import numpy as np
+
+        from crnn_jax import config as config_lib
+        from crnn_jax import model as model_lib
+        from crnn_jax.training import steps as steps_lib
+
+        self._jax, self._steps, self._model = jax, steps_lib, model_lib
+        self.cfg = config_lib.load_preset(SMOKE).replace(model="cnn", conv_channels=(4,), freq_pools=(4,),
+                                                          time_pools=(2,), n_mels=32, dropout=0.0)
+        self.tx = steps_lib.make_optimizer(self.cfg, 100)
+        self.state = steps_lib.create_state(self.net(0.0), self.tx, self.cfg.crop_samples, self.cfg.seed)
+        rng = np.random.default_rng(0)
+        read = self.cfg.replace(speed_change=0.1).read_samples
+        self.batches = [{"crops": rng.integers(-8000, 8000, (8, read)).astype(np.int16),
+                         "gains": rng.uniform(0.5, 2.0, 8).astype(np.float32),
+                         "labels": rng.integers(0, 10, 8).astype(np.int32)} for _ in range(3)]
+        self._compiled = {}
+
+    def net(self, dropout: float):
+        return self._model.build_model(self.cfg.replace(dropout=dropout), 10, axis_name=self._steps.AXIS)
+
+    def batch(self, i: int, read: bool = False) -> dict:
+        b = self.batches[i]
+        return b if read else dict(b, crops=b["crops"][:, :self.cfg.crop_samples])
+
+    def step(self, augment=None, dropout: float = 0.0, n_devices: int = 1):
+        key = (augment, dropout, n_devices)
+        if key not in self._compiled:
+            jax, steps_lib = self._jax, self._steps
+            train_step = steps_lib.make_train_step(self.net(dropout), self.tx, head=self.cfg.head, seed=self.cfg.seed,
+                                                   augment=augment, crop_samples=self.cfg.crop_samples)
+            vmapped = jax.jit(jax.vmap(train_step, in_axes=(None, 0), axis_name=steps_lib.AXIS))
+            self._compiled[key] = lambda state, b: vmapped(state, {k: steps_lib.shard(v, n_devices)
+                                                                   for k, v in b.items()})
+        return self._compiled[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_train() -> TinyTrain:
+    return TinyTrain()
+
+
 def run_module(module: str, *args: str, devices: int = 1, timeout: float = 300, env: dict | None = None,
                check: bool = True) -> subprocess.CompletedProcess:
     """`python -m module args` in a fresh process with `devices` host CPU devices; warnings are errors."""

@@ -8,11 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SMOKE
 from crnn_jax.training import augment as A
 from crnn_jax import config as config_lib
 from crnn_jax import model as M
-from crnn_jax.training import steps as S
 from crnn_jax.config import AugmentConfig
 
 ON = AugmentConfig(spec_time_masks=2, spec_time_mask_frames=5, spec_freq_masks=2, spec_freq_mask_bins=10,
@@ -133,35 +131,20 @@ def test_off_is_exact_identity():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """A one-block CNN (the front end and the loss are what augmentations touch) and one batch of 8;
-    run(n_devices, settings, step=0) -> (state, loss) of one train step from the initial state at that step
-    number, with the batch split over n_devices "devices" (vmap with the pmap axis name); each (n_devices,
-    settings) compiled once, each result computed once unless again=True."""
-    cfg = config_lib.load_preset(SMOKE).replace(model="cnn", conv_channels=(4,), freq_pools=(4,), time_pools=(2,),
-                                                 n_mels=32, dropout=0.0)
-    net = M.build_model(cfg, 10, axis_name=S.AXIS)
-    tx = S.make_optimizer(cfg, 10)
-    state = S.create_state(net, tx, cfg.crop_samples, cfg.seed)
-    rng = np.random.default_rng(0)
-    read = cfg.replace(speed_change=0.1).read_samples  # a speed change reads longer crops
-    batch = {"crops": rng.integers(-8000, 8000, (8, read)).astype(np.int16),
-             "gains": np.ones(8, np.float32), "labels": np.arange(8, dtype=np.int32)}
-    compiled, done = {}, {}
+def tiny(tiny_train):
+    """conftest's one-block CNN (the front end and the loss are what augmentations touch) and its first batch
+    of 8: run(n_devices, settings, step=0) -> (state, loss) of one train step from the initial state at that
+    step number, the batch split over n_devices simulated devices; each result computed once unless again=True."""
+    done = {}
 
     def run(n_devices, aug, step=0, again=False):
-        if (n_devices, aug) not in compiled:
-            train_step = S.make_train_step(net, tx, head=cfg.head, seed=cfg.seed, augment=aug,
-                                           crop_samples=cfg.crop_samples)
-            compiled[n_devices, aug] = jax.jit(jax.vmap(train_step, in_axes=(None, 0), axis_name=S.AXIS))
         if again or (n_devices, aug, step) not in done:
-            b = batch if aug is not None and aug.speed_change else dict(batch, crops=batch["crops"][:, :cfg.crop_samples])
-            new, metrics = compiled[n_devices, aug](state.replace(step=jnp.int32(step)),
-                                                    {k: S.shard(v, n_devices) for k, v in b.items()})
+            b = tiny_train.batch(0, read=aug is not None and aug.speed_change > 0)  # a speed change reads more
+            new, metrics = tiny_train.step(aug, n_devices=n_devices)(tiny_train.state.replace(step=jnp.int32(step)), b)
             done[n_devices, aug, step] = jax.tree.map(lambda x: np.asarray(x[0]), new), float(metrics["loss"][0])
         return done[n_devices, aug, step]
 
-    run.cfg = cfg
+    run.cfg = tiny_train.cfg
     run.on = dataclasses.replace(ON, speed_change=0.1)  # every augmentation
     return run
 

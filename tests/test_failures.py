@@ -115,7 +115,10 @@ def _half_copied_without_list(step_dir):  # no crnn_jax.sha256 (an older version
     return r"orbax cannot restore it: .+"
 
 
-@pytest.mark.parametrize("damage", [_truncate, _overwrite, _half_copied, _half_copied_without_list])
+# The fast tier keeps the damage orbax alone would restore as wrong numbers; the others resume alike.
+@pytest.mark.parametrize("damage", [pytest.param(_truncate, marks=pytest.mark.slow), _overwrite,
+                                    pytest.param(_half_copied, marks=pytest.mark.slow),
+                                    pytest.param(_half_copied_without_list, marks=pytest.mark.slow)])
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_training_goes_on_from_the_previous(
         finished, tmp_path, capsys, damage):
     wd = copy_of(finished, tmp_path)
@@ -199,6 +202,7 @@ def test_out_of_memory_before_a_checkpoint_then_rerun_with_a_smaller_batch(tmp_p
     assert snapshot(wd) == before
 
 
+@pytest.mark.slow
 def test_out_of_memory_after_a_checkpoint_keeps_it_and_says_how_to_resume(finished, tmp_path, capsys,
                                                                           monkeypatch):
     wd = str(tmp_path / "run")
@@ -221,6 +225,7 @@ def test_out_of_memory_after_a_checkpoint_keeps_it_and_says_how_to_resume(finish
 
 
 # --- full disk ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_disk_full_writing_metrics_is_one_line_and_the_rerun_resumes(finished, tmp_path, capsys, monkeypatch):
     wd = str(tmp_path / "run")
     real = runlog.append_row
@@ -366,8 +371,9 @@ def _kill_before_the_results(m):
     m.setattr(report, "plot_confusion", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
 
 
-@pytest.mark.parametrize("kill", [_kill_after_the_last_checkpoint, _kill_between_the_metrics_and_the_timing_line,
-                                  _kill_before_the_results])
+@pytest.mark.parametrize("kill", [pytest.param(_kill_after_the_last_checkpoint, marks=pytest.mark.slow),
+                                  _kill_between_the_metrics_and_the_timing_line,
+                                  pytest.param(_kill_before_the_results, marks=pytest.mark.slow)])
 def test_a_run_killed_after_its_last_checkpoint_finishes_without_duplicates(finished, tmp_path, capsys,
                                                                            monkeypatch, kill):
     wd = str(tmp_path / "run")
@@ -385,6 +391,7 @@ def test_a_run_killed_after_its_last_checkpoint_finishes_without_duplicates(fini
     assert results["train_seconds"] == runlog.read_rows(os.path.join(wd, "train_time.jsonl"))[-1]["train_seconds"]
 
 
+@pytest.mark.slow
 def test_train_seconds_count_every_resumed_segment(tmp_path, capsys, monkeypatch):
     wd = str(tmp_path / "run")
     extra = [0.0]  # seconds the first segment's clock runs ahead: 100 per training call

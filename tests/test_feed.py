@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from conftest import ROOT
 from crnn_jax import config as config_lib
-from crnn_jax import model as model_lib
 from crnn_jax.data import dataset as data_lib
 from crnn_jax.training import feed as feed_lib
 from crnn_jax.training import steps as steps_lib
@@ -59,36 +58,31 @@ def test_resident_and_streamed_feeds_give_the_same_crops(speed_change, read):
         assert (flat(b1["offsets"]) + read <= lengths[flat(b1["songs"])]).all()  # every read inside its song
 
 
-def test_k_steps_in_one_call_are_k_calls_of_one_step():
-    """steps.make_multi_step (K training steps in one device call: a lax.scan) on either feed's batches, the
-    resident one's crops cut on the device, takes the steps K calls of the plain train step take."""
-    cfg = config_lib.load_preset(os.path.join(ROOT, "experiments", "smoke.py")).replace(
-        model="cnn", conv_channels=(4,), freq_pools=(4,), time_pools=(2,), n_mels=32, dropout=0.0, batch_size=4)
+def test_k_steps_in_one_call_are_k_calls_of_one_step(tiny_train):
+    """steps.make_multi_step (K training steps in one device call: a lax.scan, crops cut on the device from the
+    resident data set) takes the steps K calls of conftest's plain train step take on the streamed feed's crops
+    (which are the resident feed's, test above); the slow test below checks whole runs, both feeds."""
+    cfg = tiny_train.cfg
     rng = np.random.default_rng(2)
     lengths = np.array([33075, 30000, 26000, 33075, 25000, 28000])  # 1.1 .. 1.5 s: crops at many offsets
     ds = data_lib.Dataset(audio=rng.integers(-8000, 8000, (6, 33075)).astype(np.int16), lengths=lengths,
                           labels=np.arange(6, dtype=np.int32) % 3, names=tuple("abcdef"), class_names=("x", "y", "z"),
                           sample_rate=cfg.sample_rate)
-    net = model_lib.build_model(cfg, 3, axis_name=steps_lib.AXIS)
-    tx = steps_lib.make_optimizer(cfg, 10)
-    state = steps_lib.create_state(net, tx, cfg.crop_samples, cfg.seed)
-    train_step = steps_lib.make_train_step(net, tx, head=cfg.head, seed=cfg.seed)
-    one = jax.jit(jax.vmap(train_step, in_axes=(None, 0), axis_name=steps_lib.AXIS))  # one device
-    k_steps = jax.jit(jax.vmap(steps_lib.make_multi_step(train_step, cfg.read_samples), in_axes=(None, None, 0),
-                               axis_name=steps_lib.AXIS))
-    s, losses = state, []
+    s, losses = tiny_train.state, []
     for _, _, batch in feed_lib.StreamFeed(ds, cfg, np.arange(6), 1).calls([(0, 1), (1, 1), (2, 1)]):
-        new, m = one(s, jax.tree.map(lambda x: x[:, 0], batch))  # [devices, k = 1, ...] -> [devices, ...]
+        new, m = tiny_train.step()(s, jax.tree.map(lambda x: x[0, 0], batch))  # [devices, k, ...] -> the global batch
         s = jax.tree.map(lambda x: x[0], new)
         losses.append(float(m["loss"][0]))
     assert int(s.step) == 3 and len(set(losses)) == 3
-    for kind in (feed_lib.StreamFeed, feed_lib.ResidentFeed):
-        feed = kind(ds, cfg, np.arange(6), 1)
-        [(step, k, batch)] = list(feed.calls([(0, 3)]))
-        assert (step, k) == (0, 3) and ("crops" in batch) == (kind is feed_lib.StreamFeed)
-        new, m = k_steps(state, feed.audio, batch)
-        np.testing.assert_allclose(np.asarray(m["loss"])[0], losses, rtol=1e-6, err_msg=kind.__name__)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[0], b, rtol=1e-5, atol=1e-6), new, s)
+    train_step = steps_lib.make_train_step(tiny_train.net(0.0), tiny_train.tx, head=cfg.head, seed=cfg.seed)
+    k_steps = jax.jit(jax.vmap(steps_lib.make_multi_step(train_step, cfg.read_samples), in_axes=(None, None, 0),
+                               axis_name=steps_lib.AXIS))
+    feed = feed_lib.ResidentFeed(ds, cfg, np.arange(6), 1)
+    [(step, k, batch)] = list(feed.calls([(0, 3)]))
+    assert (step, k) == (0, 3) and "crops" not in batch  # indices only: the step cuts the crops
+    new, m = k_steps(tiny_train.state, feed.audio, batch)
+    np.testing.assert_allclose(np.asarray(m["loss"])[0], losses, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[0], b, rtol=1e-5, atol=1e-6), new, s)
 
 
 def _metrics(wd):

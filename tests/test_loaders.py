@@ -282,7 +282,8 @@ def bad_folder(tmp_path, kind):
     if kind == "empty":
         (d / "blues").mkdir(parents=True)
         (d / "blues" / "readme.txt").write_text("x")
-        return str(d), "no audio files (.wav, .au, .flac, .ogg, .mp3) in it or its sub-folders; found only 1 other"
+        return str(d), (f"no audio files ({', '.join(folders.AUDIO_EXTS)}) in it or its sub-folders; found only 1 "
+                        f"other file(s) (.txt)")
     if kind == "one genre":
         make_folder(d / "genres", genres=("blues",))
         return str(d), "holds audio of only one genre (blues); it needs at least 2 genres"
@@ -320,6 +321,7 @@ def test_bad_folders_are_one_line_errors(tmp_path, kind):
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "one genre"])
 def test_train_cli_reports_bad_data_in_one_line(tmp_path, kind):
     path, msg = bad_folder(tmp_path, kind)
@@ -332,6 +334,7 @@ def test_train_cli_reports_bad_data_in_one_line(tmp_path, kind):
 
 
 # --- TensorFlow Datasets ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_tfds_gtzan_under_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets", reason="the [tfds] extra is not installed")
     pytest.importorskip("tensorflow", reason="the [tfds] extra is not installed")
@@ -408,6 +411,7 @@ def check_run(workdir, n_test, names=None):
     return results
 
 
+@pytest.mark.slow
 def test_train_end_to_end_from_generated_au_wav_flac_folder(tmp_path):
     data = make_folder(tmp_path / "genres", genres=GENRES, per_genre=5, seconds=1.5)
     wd = str(tmp_path / "wd")
@@ -418,6 +422,7 @@ def test_train_end_to_end_from_generated_au_wav_flac_folder(tmp_path):
     assert sorted(s.split("/")[0] for s in results["test_songs"]) == list(GENRES)
 
 
+@pytest.mark.slow
 @needs_sample
 def test_train_end_to_end_from_the_real_sample(tmp_path):
     """Plumbing on real audio, not a measurement: the ten sample clips split by the fault-filtered lists

@@ -56,8 +56,9 @@ def test_log_mel_matches():
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", [Config(crop_seconds=3.0), Config(model="cnn", conv_channels=(8, 16, 16, 16),
-                                                                   crop_seconds=1.0)], ids=["crnn-choi", "cnn"])
+@pytest.mark.parametrize("cfg", [pytest.param(Config(crop_seconds=3.0), marks=pytest.mark.slow),  # Choi's size
+                                 Config(model="cnn", conv_channels=(8, 16, 16, 16), crop_seconds=1.0)],
+                         ids=["crnn-choi", "cnn"])
 def test_eval_logits_match_with_shared_weights(cfg):
     net = M.build_model(cfg, 10)
     v = random_variables(net, cfg.crop_samples)
@@ -70,6 +71,7 @@ def test_eval_logits_match_with_shared_weights(cfg):
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
 
 
+@pytest.mark.slow  # the fast tier checks the train step against Algorithm 8.6 in float64 (test_optim)
 def test_one_training_step_matches():
     """Algorithm 8.6 in torch and in steps.make_train_step (dropout off): same loss, same new parameters,
     same BatchNorm running averages after two steps."""

@@ -17,12 +17,10 @@ import pytest
 from conftest import ROOT, SMOKE, TWO_DEVICE_ARGS
 from crnn_jax import config as config_lib
 from crnn_jax import errors
-from crnn_jax import model as model_lib
 from crnn_jax import train as train_lib
 from crnn_jax.data import dataset as data_lib
 from crnn_jax.training import loop
 from crnn_jax.training import runlog
-from crnn_jax.training import steps as steps_lib
 
 
 def metrics(workdir):
@@ -40,44 +38,16 @@ def train_losses(workdir):
 
 
 # --- the train step in process: one device or two, dropout keys ------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny():
-    """A one-block CNN (front-end BatchNorm, a conv block's BatchNorm, dropout, the loss: what the pmeans and
-    the keys touch) and three batches of 8. step(dropout, n_devices) -> the jitted train step over n_devices
-    simulated devices: jax.vmap with the pmap axis name runs the same pmeans and cross-device BatchNorm
-    statistics as jax.pmap over real devices (the pytest process has one CPU device)."""
-    cfg = config_lib.load_preset(SMOKE).replace(model="cnn", conv_channels=(4,), freq_pools=(4,), time_pools=(2,),
-                                                 n_mels=32, dropout=0.0)
-    tx = steps_lib.make_optimizer(cfg, 100)
-    nets = {d: model_lib.build_model(cfg.replace(dropout=d), 10, axis_name=steps_lib.AXIS) for d in (0.0, 0.5)}
-    state = steps_lib.create_state(nets[0.0], tx, cfg.crop_samples, cfg.seed)  # dropout has no parameters
-    rng = np.random.default_rng(0)
-    batches = [{"crops": rng.integers(-8000, 8000, (8, cfg.crop_samples)).astype(np.int16),
-                "gains": rng.uniform(0.5, 2.0, 8).astype(np.float32),
-                "labels": rng.integers(0, 10, 8).astype(np.int32)} for _ in range(3)]
-    compiled = {}
-
-    def step(dropout, n_devices):
-        if (dropout, n_devices) not in compiled:
-            train_step = steps_lib.make_train_step(nets[dropout], tx, head=cfg.head, seed=cfg.seed)
-            vmapped = jax.jit(jax.vmap(train_step, in_axes=(None, 0), axis_name=steps_lib.AXIS))
-            compiled[dropout, n_devices] = lambda s, b: vmapped(s, {k: steps_lib.shard(v, n_devices)
-                                                                     for k, v in b.items()})
-        return compiled[dropout, n_devices]
-
-    return state, batches, step
-
-
-def test_one_and_two_devices_in_process_take_the_same_steps(tiny):
+def test_one_and_two_devices_in_process_take_the_same_steps(tiny_train):
+    # conftest's one-block CNN, its train step over one or two simulated devices (vmap with the pmap axis name).
     # The global batch of 8 on one device, or 4 on each of two: BatchNorm statistics, gradients and metrics are
     # reduced over the device axis, so three steps give the same losses and the same state, and the two devices
     # hold one state (the pmean makes it so; the real pmap returns it unreplicated, out_axes=None).
-    state, batches, step = tiny
     runs = {}
     for n in (1, 2):
-        s, losses = state, []
-        for b in batches:
-            new, m = step(0.0, n)(s, b)
+        s, losses = tiny_train.state, []
+        for i in range(3):
+            new, m = tiny_train.step(n_devices=n)(s, tiny_train.batch(i))
             leaves = [np.asarray(x) for x in jax.tree.leaves(new)]
             for leaf in leaves:
                 assert all(np.array_equal(leaf[0], leaf[d]) for d in range(n)), "the devices' states differ"
@@ -97,14 +67,12 @@ def test_one_and_two_devices_in_process_take_the_same_steps(tiny):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=3e-4), s2.params, s1.params)
 
 
-def test_dropout_masks_are_a_function_of_seed_and_step(tiny):
+def test_dropout_masks_are_a_function_of_seed_and_step(tiny_train):
     # The train step draws dropout masks from (seed, step, device): the same state at the same step gives the
     # same loss; the same state at the next step another mask, hence another loss. Without dropout the step
     # number changes nothing before the update (the learning rate reads the optimiser's own count).
-    state, batches, step = tiny
-
     def loss_at(dropout, s):
-        _, m = step(dropout, 1)(state.replace(step=jnp.int32(s)), batches[0])
+        _, m = tiny_train.step(dropout=dropout)(tiny_train.state.replace(step=jnp.int32(s)), tiny_train.batch(0))
         return float(np.asarray(m["loss"])[0])
 
     assert loss_at(0.5, 3) == loss_at(0.5, 3)

@@ -22,8 +22,8 @@ from crnn_jax.training import report
 NOTE = ("Folds are by song (every window of a song on one side), not by artist: where one artist or album "
         "has several songs (as adjacent GTZAN clips do), this measures recognising a new song of a possibly "
         "known artist, not artist-filtered generalisation.")
-NOTE_GROUPED = ("Folds are by {g}: every song of a {g} is on one side of each split, so this measures songs of "
-                "{g}s the network has never heard.")
+NOTE_GROUPED = ("Folds are by {g}: all the songs of each {g} are on one side of every split, so this measures songs "
+                "of {g}s the network has never heard.")
 
 
 def spread(runs: list[dict], key) -> dict:
