@@ -57,8 +57,9 @@ def test_the_installed_console_script(tmp_path):
     wd = str(tmp_path / "wd")
     p = subprocess.run([script, "train", "--config", SMOKE, "--workdir", wd, "--set", "n_mel=64"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        "crnn_jax.train: error: Config has no field 'n_mel' (did you mean n_mels?)"], p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("crnn_jax.train: error: "), p.stderr
+    assert "did you mean n_mels?" in lines[0]
     assert not os.path.exists(wd)
 
 

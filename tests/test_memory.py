@@ -22,6 +22,7 @@ from crnn_jax import predict as predict_lib
 from crnn_jax.benchmarks import memory as bench_memory
 from crnn_jax.data import dataset as data
 from crnn_jax.data import decode
+from crnn_jax.data import folders
 from crnn_jax.training import feed
 from crnn_jax.data import loaders
 from crnn_jax.training import steps
@@ -67,7 +68,7 @@ def test_peak_memory_follows_the_audio_not_the_longest_song(tmp_path, capsys):
     assert "ignored 5 other file(s) (.DS_Store, .txt)" in out
 
     # The cached library is one array of exactly the songs, each the file's decoded samples.
-    ds = loaders.load_folder(lib, sample_rate=22050, cache=str(tmp_path / "cache"))
+    ds = folders.load_folder(lib, sample_rate=22050, cache=str(tmp_path / "cache"))
     assert isinstance(ds.audio, np.memmap) and ds.audio.nbytes == audio
     for name in ("blues/blues-00.wav", "jazz/jazz-03.mp3"):
         np.testing.assert_array_equal(ds.song(ds.names.index(name)),
@@ -79,6 +80,30 @@ def test_peak_memory_follows_the_audio_not_the_longest_song(tmp_path, capsys):
     assert predict_lib.main(["--workdir", os.path.abspath(wd), song]) == 0
     pout = capsys.readouterr().out
     assert "rock-02.ogg" in pout and any(g in pout for g in bench_memory.GENRES), pout[-2000:]
+
+
+def test_the_bench_library_holds_what_it_names(tmp_path):
+    """benchmarks/memory.py's library (what the test above and `python -m crnn_jax.benchmarks.memory` measure),
+    small: every named song in its format at 44.1 kHz stereo, junk and hidden folders beside them that the
+    loader leaves out, and the int16 byte count the bound is made of."""
+    lib = str(tmp_path / "lib")
+    names = bench_memory.make_library(lib, songs=((1, ".wav"), (2, ".mp3")), long=("jazz", 3, ".flac"))
+    assert names == sorted(names) and len(names) == 2 * len(bench_memory.GENRES) + 1
+    for name in names:
+        info = sf.info(os.path.join(lib, name))
+        assert (info.samplerate, info.channels) == (bench_memory.RATE, 2), name
+    assert sf.info(os.path.join(lib, "jazz", "jazz-mix.flac")).frames == 3 * bench_memory.RATE
+    hidden = [os.path.join(lib, ".Trash", "deleted", "old.wav"), os.path.join(lib, "blues", ".previews", "preview.wav")]
+    assert all(os.path.exists(p) for p in hidden) and os.path.exists(os.path.join(lib, "README.txt"))
+    audio = bench_memory.audio_bytes(lib, names)
+    assert audio == 2 * sum(decode.frames_out(os.path.join(lib, n), 22050) for n in names)
+    ds = folders.load_folder(lib, sample_rate=22050, cache=str(tmp_path / "cache"))
+    assert sorted(ds.names) == names and ds.audio.nbytes == audio  # the songs, end to end, nothing else
+    line = "data placement: on every device (0.04 GiB of int16 audio; budget 2.0 GiB per device)"
+    assert bench_memory.placement_gib(line) == 0.04 and bench_memory.placement_gib("no such line") is None
+    cmd = bench_memory.train_command(lib, "WD", "CACHE")
+    assert cmd[1:3] == ["-m", "crnn_jax.train"] and cmd[cmd.index("--data") + 1] == lib
+    assert cmd[cmd.index("--max-steps") + 1] == "2" and cmd[cmd.index("--workdir") + 1] == "WD"
 
 
 # --- the layout: songs end to end, crops as the padded rows gave them ------------------------------------------
