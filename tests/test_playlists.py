@@ -221,3 +221,35 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, song, min_probabilit
         write_playlists(str(tmp_path / "out"), [song], GENRES, min_probability=min_probability)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_predict_writes_one_playlist_entry_per_predicted_song(smoke_run, tmp_path, capsys):
+    """`crnn-jax predict --playlists DIR`: every predicted file (names with spaces and non-ASCII letters, in
+    nested folders, one undecodable) is in exactly one playlist, each path resolves from DIR, nothing is
+    written beside the audio, and --min-probability without --playlists is one line."""
+    import soundfile as sf
+
+    from crnn_jax import predict
+    from crnn_jax.data import synth
+
+    lib = tmp_path / "Música"
+    names = ["Björk – Jóga.wav", "a b/c d.wav", "x/y/z.flac"]
+    for i, n in enumerate(names):
+        (lib / n).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(lib / n), synth.generate_clip(i, seconds=2.0, sample_rate=22050, seed=0, index=i), 22050)
+    (lib / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    before = sorted(p.name for p in lib.rglob("*"))
+    out = tmp_path / "playlists"
+    code = predict.main(["--workdir", smoke_run, str(lib), "--playlists", str(out)])
+    assert code == 1  # the broken file failed, the rest were predicted
+    entries = []
+    for m3u in out.glob("*.m3u8"):
+        lines = m3u.read_text(encoding="utf-8").splitlines()
+        assert lines[0] == "#EXTM3U"
+        entries += [(out / line).resolve() for line in lines if line and not line.startswith("#")]
+    assert sorted(entries) == sorted((lib / n).resolve() for n in names)  # each song once, every path resolves
+    assert sorted(p.name for p in lib.rglob("*")) == before  # nothing beside the audio
+    capsys.readouterr()
+    assert predict.main(["--workdir", smoke_run, str(lib), "--min-probability", "0.5"]) == 2
+    assert "give --playlists DIR too" in capsys.readouterr().err
