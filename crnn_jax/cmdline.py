@@ -101,7 +101,8 @@ HELP = {
     "seed": "seed of parameters, crops, gains and dropout", "workdir": "run folder (default runs/<model>-<data>-seed<seed>)",
     "log_every": "steps between train-metric lines", "checkpoint_every": "steps between checkpoints",
     "eval_every": "steps between validation passes (0 = once per epoch)",
-    "split": "random | fault-filtered | kfold:K | all (with --test-data) | a folder with train.txt/valid.txt/test.txt",
+    "split": "random | fault-filtered | kfold:K | all (every song trains; tested on the test data folder) | a folder "
+             "with train.txt/valid.txt/test.txt",
     "fold": "test fold of kfold:K",
     "test_data": "with --split all: a folder whose every song is the test set (e.g. other artists, another "
                  "recording chain) (default: none)",

@@ -73,7 +73,8 @@ def check(c) -> None:
              f"{name} must be an integer >= 0, got {getattr(c, name)!r}")
     need(math.isfinite(c.lowpass_prob) and 0.0 <= c.lowpass_prob <= 1.0,
          f"lowpass_prob must be in [0, 1], got {c.lowpass_prob}")
-    need(math.isfinite(c.lowpass_min_hz) and 0.0 < c.lowpass_min_hz <= c.sample_rate / 2,
+    need(math.isfinite(c.lowpass_min_hz) and c.lowpass_min_hz > 0
+         and (c.lowpass_prob == 0 or c.lowpass_min_hz <= c.sample_rate / 2),
          f"lowpass_min_hz must be in (0, {c.sample_rate / 2:g}] Hz (the Nyquist frequency), got {c.lowpass_min_hz}")
     need(c.spec_freq_mask_bins <= c.n_mels,
          f"spec_freq_mask_bins ({c.spec_freq_mask_bins}) must be <= n_mels ({c.n_mels})")

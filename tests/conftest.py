@@ -9,8 +9,10 @@ with jax.vmap(axis_name=steps.AXIS), which runs the same pmeans and cross-device
 devices and processes start subprocesses with XLA_FLAGS=--xla_force_host_platform_device_count=N, since the
 device count is fixed per process.
 
-What many tests read is trained once per session (the fixtures below): one smoke run, its exported model
-file, and one run of 2 devices in one process. Tests only read them; a test that changes one copies it first.
+What many tests read is built once per session (the fixtures below): one smoke run (smoke_record, smoke_run),
+its exported model file (smoke_model), one run by a process with 2 devices (two_device_run, slow tier), and the
+compiled train steps of a tiny network (tiny_train). Tests only read them; a test that changes a run copies it
+first. (test_cv trains its one k-fold run once per module.)
 """
 
 import os

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import SMOKE
 from crnn_jax import config as config_lib
 from crnn_jax.data import dataset as data_lib
 from crnn_jax.training import feed as feed_lib
@@ -92,7 +92,7 @@ def _metrics(wd):
 
 @pytest.mark.slow
 def test_steps_per_call_and_placement_do_not_change_the_metrics(tmp_path):
-    base = config_lib.load_preset(os.path.join(ROOT, "experiments", "smoke.py")).replace(
+    base = config_lib.load_preset(SMOKE).replace(
         dropout=0.0, max_steps=12, log_every=6, checkpoint_every=6)
     runs = {}
     for k, placement in [(1, "device"), (4, "device"), (4, "host")]:

@@ -78,11 +78,13 @@ def test_off_is_identity_and_on_acts_in_apply():
     assert np.all((spec[:, 9000] < 1e-4) == (c < 9000.0))  # exactly the rows whose cutoff is below 9 kHz
 
 
-@pytest.mark.parametrize("field,value", [("lowpass_prob", -0.1), ("lowpass_prob", 1.5), ("lowpass_min_hz", 0.0),
-                                         ("lowpass_min_hz", 20000.0)])
-def test_bad_values_are_one_line_config_errors(field, value):
-    with pytest.raises(ConfigError, match=field):
-        Config(**{field: value})
+@pytest.mark.parametrize("kw", [dict(lowpass_prob=-0.1), dict(lowpass_prob=1.5), dict(lowpass_min_hz=0.0),
+                                dict(lowpass_prob=0.5, lowpass_min_hz=20000.0)])
+def test_bad_values_are_one_line_config_errors(kw):
+    with pytest.raises(ConfigError, match=list(kw)[-1]):
+        Config(**kw)
+    Config(sample_rate=1000, f_max=500.0, n_mels=8, n_fft=256, hop_length=64, freq_pools=(1, 1, 2, 2),
+           spec_freq_mask_bins=0)  # off, the default minimum cutoff above a low Nyquist is no error
 
 
 @pytest.mark.slow

@@ -113,7 +113,8 @@ def test_heads_losses_match_definitions():
 
 
 def test_bf16_keeps_float32_parameters_and_agrees_with_fp32():
-    cfg = Config(conv_channels=(4, 8, 8, 8), gru_units=(6, 6), crop_seconds=1.0)
+    # A CRNN of two conv blocks and one GRU: every layer kind that takes the bf16 dtype, at less compile time.
+    cfg = Config(conv_channels=(4, 8), freq_pools=(8, 12), time_pools=(2, 2), gru_units=(6,), crop_seconds=1.0)
     x = jax.random.normal(jax.random.PRNGKey(2), (2, cfg.crop_samples)) * 0.1
     f32 = M.build_model(cfg, 10)
     b16 = M.build_model(cfg.replace(precision="bf16"), 10)
@@ -125,7 +126,9 @@ def test_bf16_keeps_float32_parameters_and_agrees_with_fp32():
 
 
 def test_gradients_reach_every_parameter():
-    cfg = Config(conv_channels=(4, 8, 8, 8), gru_units=(6, 6), crop_seconds=1.0, dropout=0.0)
+    # The bf16 test's small CRNN (two conv blocks, a GRU): every kind of parameter the network has.
+    cfg = Config(conv_channels=(4, 8), freq_pools=(8, 12), time_pools=(2, 2), gru_units=(6,), crop_seconds=1.0,
+                 dropout=0.0)
     net = M.build_model(cfg, 10)
     v = init(net, cfg.crop_samples)
     x = jax.random.normal(jax.random.PRNGKey(3), (4, cfg.crop_samples)) * 0.1

@@ -190,7 +190,7 @@ def test_schedule_is_honoured_from_step_zero():
     assert max(np.max(np.abs(shifted[-1][k] - got[-1][k])) for k in SHAPES) > 1e-3
 
 
-@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("x64", [False, pytest.param(True, marks=pytest.mark.slow)])  # x64: a user's opt-in
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dtypes_preserved(dtype, x64):
     with jax.enable_x64(x64):

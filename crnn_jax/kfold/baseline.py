@@ -180,7 +180,7 @@ def segment_split_demo(folder: str, *, train_share: float = 0.7) -> dict:
     from crnn_jax.data import loaders
 
     cfg = Config(data=folder)  # the default front end and 3 s windows
-    ds = loaders.load_folder(folder, sample_rate=cfg.sample_rate, cache=cfg.cache_dir)
+    ds = loaders.load_dataset(cfg)
     songs = np.arange(len(ds))
     feats = song_features(cfg, ds, songs)
     win, w_song = feats.win, feats.w_song
