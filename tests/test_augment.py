@@ -157,6 +157,12 @@ def test_train_step_off_is_the_plain_step_and_on_acts(tiny):
     off_state, off = tiny(1, tiny.cfg.augment)
     assert off == plain
     jax.tree.map(np.testing.assert_array_equal, off_state, plain_state)
+    assert tiny(1, tiny.on)[1] != plain
+
+
+@pytest.mark.slow  # one more augmented step to compile (~5 s); the fast tier has the one with everything on
+def test_the_speed_change_acts_in_the_train_step_beside_the_others(tiny):
+    plain = tiny(1, None)[1]
     assert tiny(1, ON)[1] != plain
     assert tiny(1, tiny.on)[1] not in (plain, tiny(1, ON)[1])  # the speed change acts in the step too
 
@@ -172,7 +178,7 @@ def test_the_train_step_draws_its_augmentations_from_seed_and_step(tiny):
 
 
 def test_each_augmentation_acts_alone():
-    audio = jax.random.normal(jax.random.PRNGKey(1), (8, 400))
+    audio = jnp.asarray(np.random.default_rng(1).standard_normal((8, 400)), jnp.float32)
     labels = jnp.arange(8)
     for field in ({"spec_time_masks": 2, "spec_time_mask_frames": 5}, {"spec_freq_masks": 2, "spec_freq_mask_bins": 10},
                   {"mixup_alpha": 0.4}, {"label_smoothing": 0.1}, {"eq_db": 6.0}, {"speed_change": 0.1}):
@@ -190,6 +196,7 @@ def test_each_augmentation_acts_alone():
             assert extra["spec_mask"].shape == (8, 9, 32) and np.asarray(extra["spec_mask"]).any()
 
 
+@pytest.mark.slow  # an augmented step on two devices to compile; the fast tier has the keys of a shard (above)
 def test_one_or_two_devices_draw_the_same_augmentations(tiny):
     s1, l1 = tiny(1, tiny.on)
     s2, l2 = tiny(2, tiny.on)

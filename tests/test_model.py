@@ -23,6 +23,11 @@ def init(net, samples: int):
     return jax.jit(lambda k, x: net.init(k, x, train=False))(jax.random.PRNGKey(0), jnp.zeros((1, samples)))
 
 
+def noise(seed: int, shape) -> np.ndarray:
+    """Audio-like input, float32 N(0, 0.1^2), drawn with numpy (jax.random op by op compiles per shape)."""
+    return (np.random.default_rng(seed).standard_normal(shape) * 0.1).astype(np.float32)
+
+
 def shapes(net, samples: int, batch: int = 1):
     """The variables' shapes (jax.eval_shape: traced, never computed): all that a count needs."""
     return jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((batch, samples)), train=False))
@@ -79,7 +84,7 @@ def test_dropout_is_the_only_randomness_and_eval_is_deterministic():
     # nothing), at a fraction of the compile time.
     cfg = Config(model="cnn", conv_channels=(4,), freq_pools=(4,), time_pools=(2,), n_mels=32, crop_seconds=1.0)
     net = M.build_model(cfg, 10)
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, cfg.crop_samples)) * 0.1
+    x = noise(1, (4, cfg.crop_samples))
     v = init(net, cfg.crop_samples)
     evaluate = jax.jit(lambda v, x: net.apply(v, x, train=False))
     a = evaluate(v, x)
@@ -115,7 +120,7 @@ def test_heads_losses_match_definitions():
 def test_bf16_keeps_float32_parameters_and_agrees_with_fp32():
     # A CRNN of two conv blocks and one GRU: every layer kind that takes the bf16 dtype, at less compile time.
     cfg = Config(conv_channels=(4, 8), freq_pools=(8, 12), time_pools=(2, 2), gru_units=(6,), crop_seconds=1.0)
-    x = jax.random.normal(jax.random.PRNGKey(2), (2, cfg.crop_samples)) * 0.1
+    x = noise(2, (2, cfg.crop_samples))
     f32 = M.build_model(cfg, 10)
     b16 = M.build_model(cfg.replace(precision="bf16"), 10)
     v = init(f32, cfg.crop_samples)
@@ -131,7 +136,7 @@ def test_gradients_reach_every_parameter():
                  dropout=0.0)
     net = M.build_model(cfg, 10)
     v = init(net, cfg.crop_samples)
-    x = jax.random.normal(jax.random.PRNGKey(3), (4, cfg.crop_samples)) * 0.1
+    x = noise(3, (4, cfg.crop_samples))
 
     def loss(p):
         logits, _ = net.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True, mutable=["batch_stats"])

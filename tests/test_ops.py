@@ -25,10 +25,9 @@ def test_cpu_convolution_gradients_equal_xla(shape):
     # The hand-written backward pass (im2col kernel gradient, flipped-kernel input gradient) against
     # XLA's own derivative of the same convolution, through a non-linear loss so g is not constant.
     b, t, f, c_in, c_out = shape
-    kx, kk, kw = jax.random.split(jax.random.PRNGKey(1), 3)
-    x = jax.random.normal(kx, (b, t, f, c_in))
-    k = jax.random.normal(kk, (3, 3, c_in, c_out))
-    w = jax.random.normal(kw, (b, t, f, c_out))
+    rng = np.random.default_rng(1)  # numpy draws: op by op, jax.random would compile a program per shape
+    x, k, w = (rng.standard_normal(s).astype(np.float32) for s in ((b, t, f, c_in), (3, 3, c_in, c_out),
+                                                                   (b, t, f, c_out)))
     loss = lambda conv: lambda x, k: jnp.sum(jnp.tanh(conv(x, k)) * w)
     ref = jax.jit(jax.grad(loss(ops._conv_same), argnums=(0, 1)))(x, k)
     xla = jax.jit(ops._conv_same)(x, k)  # jitted, as in the model: op by op would compile every primitive alone
@@ -52,9 +51,10 @@ def test_cpu_convolution_rejects_what_it_does_not_implement():
                                         pytest.param((1, 8, 8, 2), (4, 4), marks=pytest.mark.slow),
                                         pytest.param((2, 5, 6, 1), (1, 2), marks=pytest.mark.slow)])
 def test_max_pool_equals_flax_values_and_gradient(shape, pool):
-    x = jax.random.normal(jax.random.PRNGKey(4), shape)  # continuous: no ties, so one argmax per window
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)  # continuous: no ties, so one argmax per window
     ref = lambda x: nn.max_pool(x, pool, strides=pool)
-    w = jax.random.normal(jax.random.PRNGKey(5), jax.eval_shape(ref, x).shape)
+    w = rng.standard_normal(jax.eval_shape(ref, x).shape).astype(np.float32)
     # Values and gradient of each in one jitted call (op by op would compile every primitive alone).
     both = lambda f: jax.jit(lambda x: (f(x), jax.grad(lambda x: jnp.sum(f(x) * w))(x)))(x)
     (ours, g_ours), (theirs, g_theirs) = both(lambda x: ops.max_pool(x, pool)), both(ref)
@@ -96,7 +96,7 @@ def _small_cnn():
     cfg = Config(model="cnn", conv_channels=(4, 8), freq_pools=(8, 12), time_pools=(2, 2), crop_seconds=1.0,
                  dropout=0.0)
     net = M.build_model(cfg, 10)
-    x = jax.random.normal(jax.random.PRNGKey(3), (4, cfg.crop_samples)) * 0.1
+    x = (np.random.default_rng(3).standard_normal((4, cfg.crop_samples)) * 0.1).astype(np.float32)
     v = jax.jit(lambda k, x: net.init(k, x, train=False))(jax.random.PRNGKey(0), x)
     return net, v, x
 

@@ -168,7 +168,7 @@ class Checkpointer:
             stored = flat_shapes(ocp.StandardCheckpointHandler().metadata(
                 epath.Path(self._step_dir(step)) / "default"))  # the one item CheckpointManager names "default"
         except Exception as e:  # missing or damaged metadata: the checkpoint cannot be used either way
-            return _one_line(e)[:200]
+            return f"orbax cannot restore it: {_one_line(e)[:200]}"
         differs = mismatch(flat_shapes(like), stored)
         if differs:
             raise CheckpointError(f"checkpoint {step} in {self.directory} does not match the model that "
