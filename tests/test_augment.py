@@ -177,6 +177,7 @@ def test_the_train_step_draws_its_augmentations_from_seed_and_step(tiny):
     assert len({tiny(1, None, step=s)[1] for s in (5, 6, 7)}) == 1
 
 
+@pytest.mark.slow  # op by op (it checks that untouched audio is the very input array): ~5 s of compiling
 def test_each_augmentation_acts_alone():
     audio = jnp.asarray(np.random.default_rng(1).standard_normal((8, 400)), jnp.float32)
     labels = jnp.arange(8)

@@ -371,9 +371,9 @@ def _kill_before_the_results(m):
     m.setattr(report, "plot_confusion", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
 
 
-@pytest.mark.parametrize("kill", [pytest.param(_kill_after_the_last_checkpoint, marks=pytest.mark.slow),
-                                  _kill_between_the_metrics_and_the_timing_line,
-                                  pytest.param(_kill_before_the_results, marks=pytest.mark.slow)])
+@pytest.mark.slow  # two whole runs each; the fast tier resumes from a checkpoint in the damaged-checkpoint test
+@pytest.mark.parametrize("kill", [_kill_after_the_last_checkpoint, _kill_between_the_metrics_and_the_timing_line,
+                                  _kill_before_the_results])
 def test_a_run_killed_after_its_last_checkpoint_finishes_without_duplicates(finished, tmp_path, capsys,
                                                                            monkeypatch, kill):
     wd = str(tmp_path / "run")

@@ -117,6 +117,7 @@ def test_heads_losses_match_definitions():
     np.testing.assert_allclose(np.exp(M.log_probs(logits, "softmax")).sum(-1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow  # bf16 convolutions compile slowly on a CPU, where fp32 is what runs
 def test_bf16_keeps_float32_parameters_and_agrees_with_fp32():
     # A CRNN of two conv blocks and one GRU: every layer kind that takes the bf16 dtype, at less compile time.
     cfg = Config(conv_channels=(4, 8), freq_pools=(8, 12), time_pools=(2, 2), gru_units=(6,), crop_seconds=1.0)

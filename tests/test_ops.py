@@ -20,7 +20,8 @@ def _float32_arithmetic():
         yield
 
 
-@pytest.mark.parametrize("shape", [(2, 9, 7, 1, 4), (3, 8, 6, 5, 3)])  # batch, t, f, c_in, c_out
+@pytest.mark.parametrize("shape", [pytest.param((2, 9, 7, 1, 4), marks=pytest.mark.slow),  # the same code path
+                                   (3, 8, 6, 5, 3)])  # batch, t, f, c_in, c_out
 def test_cpu_convolution_gradients_equal_xla(shape):
     # The hand-written backward pass (im2col kernel gradient, flipped-kernel input gradient) against
     # XLA's own derivative of the same convolution, through a non-linear loss so g is not constant.

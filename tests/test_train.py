@@ -213,6 +213,13 @@ def test_resume_refuses_a_different_config(smoke_record, tmp_path):
     cfg = smoke_record.cfg.replace(workdir=wd)
     with pytest.raises(config_lib.ConfigError, match="different config.*learning_rate"):
         loop.train(cfg.replace(learning_rate=0.5), log=lambda *_: None)
+
+
+@pytest.mark.slow  # trains; the fast tier resumes from a checkpoint in test_failures' damaged-checkpoint test
+def test_a_finished_run_may_be_extended(smoke_record, tmp_path):
+    wd = str(tmp_path / "run")
+    shutil.copytree(smoke_record.workdir, wd)  # finished at step 6
+    cfg = smoke_record.cfg.replace(workdir=wd)
     # Extending the run is allowed and continues from the checkpoint.
     res = loop.train(cfg.replace(max_steps=8), log=lambda *_: None)
     assert res["resumed_from"] == 6 and res["steps"] == 8
