@@ -2,6 +2,7 @@
 
     python -m pytest                   # everything (what CI runs)
     python -m pytest -m "not slow"     # the fast tier, for every edit: every module, every cheap oracle
+    python -m pytest -n 0 ...          # in this process, no workers (pyproject's addopts say -n auto)
 
 `slow` marks a test that trains more than a few steps or starts a process (pyproject.toml registers it);
 `gpu` one that needs a GPU. Tests run on the CPU with one device; two devices in one process are simulated
@@ -38,6 +39,13 @@ SMOKE = os.path.join(ROOT, "experiments", "smoke.py")  # 6 steps, a checkpoint e
 # that test_distributed can kill a run after its first checkpoint and before its end.
 TWO_DEVICE_ARGS = ["--config", SMOKE, "--dropout", "0", "--max-steps", "8", "--log-every", "1",
                    "--checkpoint-every", "4"]
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): a worker per core this process may use, at most 4, since each worker
+    holds its own JAX with its compiled programs (~1 GiB) and some tests start processes of their own."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4))
 
 
 @pytest.fixture(autouse=True, scope="session")
