@@ -12,7 +12,7 @@ import sysconfig
 
 import pytest
 
-from conftest import ROOT, SMOKE
+from conftest import EXPERIMENT_SCRIPTS, ROOT, SMOKE
 from crnn_jax import cli
 from crnn_jax import config as config_lib
 from crnn_jax import train as train_lib
@@ -198,7 +198,7 @@ def test_every_preset_loads_and_says_what_it_is():
     """Each experiments/<name>.py preset loads to a valid Config (Config validates itself when built) whose
     model matches its name, and the CNN variants differ from their CRNN presets in the model alone."""
     listed = {f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py")}
-    assert set(PRESETS) | {"baseline_mfcc_svm", "through_16k"} == listed  # two scripts, the rest presets  # a new preset joins this test
+    assert set(PRESETS) | {f[:-3] for f in EXPERIMENT_SCRIPTS} == listed  # a new preset joins this test
     cfgs = {name: config_lib.load_preset(os.path.join(ROOT, "experiments", f"{name}.py")) for name in PRESETS}
     for name, cfg in cfgs.items():
         assert cfg.model == ("cnn" if "cnn" in name else "crnn"), name

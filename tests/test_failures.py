@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE
+from conftest import EXPERIMENT_SCRIPTS, ROOT, SMOKE
 from crnn_jax.training import checkpoint as ckpt_lib
 from crnn_jax import config as config_lib
 from crnn_jax.data import dataset as data_lib
@@ -531,7 +531,7 @@ def test_ctrl_c_while_loading_data_and_a_data_file_are_one_line(tmp_path, capsys
 
 
 @pytest.mark.parametrize("preset", sorted(f for f in os.listdir(os.path.join(ROOT, "experiments"))
-                                          if f.endswith(".py") and f not in ("baseline_mfcc_svm.py", "through_16k.py")))
+                                          if f.endswith(".py") and f not in EXPERIMENT_SCRIPTS))
 def test_every_preset_loads_and_passes_the_config_checks(preset):
     """Each experiments/<name>.py preset defines a Config that Config's own checks accept."""
     cfg = config_lib.load_preset(os.path.join(ROOT, "experiments", preset))
