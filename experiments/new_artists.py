@@ -7,10 +7,12 @@ ids 11-96: mostly other artists, and resampled to 16 kHz, so nothing above 8 kHz
     python experiments/baseline_mfcc_svm.py --workdir runs/na-seed0      # MFCC+SVM on the same songs
     crnn-jax train --config experiments/new_artists.py --seed 0 --set eq_db=6 --workdir runs/na-eq6-seed0
 
-What it measured (experiments/README.md, "New artists", rows N1-N3; 2-core AMD EPYC): 0.459 +- 0.022 by song over
-seeds 0-2 (MFCC+SVM on the same songs 0.358); with the front end cut at 8 kHz (--set f_max=8000) 0.522 +- 0.029
-(MFCC+SVM 0.585), a lead over the preset larger than either spread, but on one gtzan-70 fold it cost 3 of 14
-same-artist songs, so gtzan70.py keeps its full band until the 5-fold settles it.
+What it measured (experiments/README.md, "New artists", rows N1-N7; 2-core AMD EPYC): 0.459 +- 0.022 by song over
+seeds 0-2 (MFCC+SVM on the same songs 0.358); random low-pass on 80 % of the crops (--set lowpass_prob=0.8)
+0.522 +- 0.058, the front end cut at 8 kHz (--set f_max=8000) 0.522 +- 0.029 (MFCC+SVM with that front end
+0.585); both nearly remove the 16 kHz chain's loss on same-artist songs (0.36 -> 0.03 and 0.01) and cost same-
+artist accuracy on gtzan-70's folds (-6 and -9 songs of 70 on seed 0). `python experiments/new_artist_summary.py
+RUN...` prints a row: mean +- std, per-genre recall pooled over the runs, the runs as one ensemble.
 results.json: test_accuracy (by song over the 53), per-class recall (test.per_class), confusion, test loss.
 The split is "all": every gtzan-70 clip trains (valid_fraction 0, as in gtzan70.py), for the 1,680 steps the
 recipe was tuned at (56 songs a fold there, 70 here).
