@@ -109,16 +109,19 @@ def _half_copied(step_dir):
     return r"\S+ is missing"
 
 
-def _half_copied_without_list(step_dir):  # no crnn_jax.sha256 (an older version's checkpoint): orbax notices
+def _data_lost_without_list(step_dir):  # no crnn_jax.sha256 (an older version's checkpoint): orbax notices
+    # Every array data file goes, not half of all files: their names are random, and orbax leaves data files
+    # that no array reads, so a half chosen by name sometimes spared every one it needs (a flaky test).
     os.remove(os.path.join(step_dir, ckpt_lib.MANIFEST))
-    _half_copied(step_dir)
+    for f in _data_files(step_dir):
+        os.remove(f)
     return r"orbax cannot restore it: .+"
 
 
 # The fast tier keeps the damage orbax alone would restore as wrong numbers; the others resume alike.
 @pytest.mark.parametrize("damage", [pytest.param(_truncate, marks=pytest.mark.slow), _overwrite,
                                     pytest.param(_half_copied, marks=pytest.mark.slow),
-                                    pytest.param(_half_copied_without_list, marks=pytest.mark.slow)])
+                                    pytest.param(_data_lost_without_list, marks=pytest.mark.slow)])
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_training_goes_on_from_the_previous(
         finished, tmp_path, capsys, damage):
     wd = copy_of(finished, tmp_path)
@@ -128,7 +131,7 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_training_goes_on_from_th
     code, ours, err = run(capsys, "--workdir", wd)
     assert code == 0 and not ours and "Traceback" not in err
     warnings = [l for l in err.splitlines() if "damaged" in l]
-    assert len(warnings) == 1
+    assert len(warnings) == 1, err[-3000:]
     assert re.fullmatch(rf"warning: checkpoint 6 in {re.escape(ck)} is damaged \({why}\); moved it to "
                         rf"{re.escape(ck)}-damaged/6 \(kept, not deleted\); resuming from checkpoint 4", warnings[0])
     assert snapshot(os.path.join(ck + "-damaged", "6")) == damaged  # kept byte for byte
