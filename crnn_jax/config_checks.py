@@ -35,6 +35,8 @@ def check(c) -> None:
          f"CPU core), got {c.workers!r}")
     need(c.top_db is None or c.top_db >= 0, f"top_db must be >= 0 dB or None, got {c.top_db!r}")
     need(c.power > 0, f"power must be > 0, got {c.power!r}")
+    need(c.compression in mel.COMPRESSIONS, f"compression must be one of {', '.join(mel.COMPRESSIONS)}, "
+         f"got {c.compression!r}")
     need(c.head in HEADS, f"--head must be one of {HEADS}, got {c.head!r}")
     need(c.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {c.precision!r}")
     need(c.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got {c.lr_schedule!r}")
@@ -82,6 +84,8 @@ def check(c) -> None:
          f"mixup_alpha must be >= 0, got {c.mixup_alpha}")
     need(0.0 <= c.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
     need(math.isfinite(c.eq_db) and 0.0 <= c.eq_db <= 40.0, f"eq_db must be in [0, 40] dB, got {c.eq_db}")
+    need(c.eq_db == 0 or c.compression == "db", f"eq_db={c.eq_db} adds dB to a log-mel; with compression="
+         f"{c.compression} use eq_db=0")
     need(math.isfinite(c.speed_change) and 0.0 <= c.speed_change <= 0.5,
          f"speed_change must be in [0, 0.5] (0.1 = up to 10% faster or slower), got {c.speed_change}")
     need(c.test_checkpoint in TEST_CHECKPOINTS,

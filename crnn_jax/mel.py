@@ -270,12 +270,17 @@ def power_to_db(S, *, ref=1.0, amin=1e-10, top_db=80.0):
     return jnp.maximum(db, jnp.max(db, axis=axes, keepdims=True) - top_db)
 
 
+COMPRESSIONS = ("db", "pcen")
+
+
 @dataclasses.dataclass(frozen=True)
 class MelConfig:
     """Front-end settings (hashable, so it can be a static jit argument).
 
     sample_rate: Hz. n_fft, hop_length: samples. n_mels: filters. f_min, f_max: Hz.
     power: exponent of |STFT|. top_db: dynamic range kept below each example's maximum, dB (None: all).
+    compression: "db" (log_mel_spectrogram) or "pcen" (pcen.py on the mel spectrogram; top_db unused; PCEN's
+    usual input is a magnitude mel, power=1). The model's front end applies it.
     """
 
     sample_rate: int = 22050
@@ -286,6 +291,7 @@ class MelConfig:
     f_max: Optional[float] = 11025.0
     power: float = 2.0
     top_db: Optional[float] = 80.0
+    compression: str = "db"
 
     def __post_init__(self):
         _check_stft_args(
@@ -294,6 +300,8 @@ class MelConfig:
         )
         if self.top_db is not None and not self.top_db >= 0:
             raise ValueError(f"top_db must be >= 0 dB or None, got {self.top_db!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         self.filterbank()  # raises if some filter would be empty; cached, so this is cheap
 
     def n_frames(self, n_samples: int) -> int:

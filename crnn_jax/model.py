@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from crnn_jax import mel, ops
+from crnn_jax import pcen as pcen_lib
 from crnn_jax.config_checks import CHOI_TIME_POOLS  # declared once, where configs are checked
 # Running averages of BatchNorm statistics: 0.9, not flax's 0.99. Runs here are a few hundred steps, and
 # at 0.99 the averages still carried ~26% of their initial values after 135 steps, so evaluation (which
@@ -69,8 +70,19 @@ class ConvBlock(nn.Module):
         return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
+def compressed_mel(audio: jax.Array, c: mel.MelConfig) -> jax.Array:
+    """Audio in [-1, 1] at c.sample_rate Hz [..., samples] -> the front end's features [..., frames, n_mels]:
+    log-mel in dB (compression "db") or PCEN ("pcen") of the mel spectrogram of the audio scaled to the 32-bit
+    integer range, as librosa's docs scale PCEN's input (2**31 per unit of amplitude, to the power c.power)."""
+    if c.compression == "db":
+        return mel.log_mel_spectrogram(audio, c)
+    S = mel.mel_spectrogram(audio, sample_rate=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop_length,
+                            n_mels=c.n_mels, f_min=c.f_min, f_max=c.f_max, power=c.power)
+    return pcen_lib.pcen(S * pcen_lib.INPUT_SCALE ** c.power, sample_rate=c.sample_rate, hop_length=c.hop_length)
+
+
 class Frontend(nn.Module):
-    """Raw audio [batch, samples] -> normalised log-mel [batch, frames, n_mels, 1] (float32 throughout).
+    """Raw audio [batch, samples] -> normalised log-mel (or PCEN) [batch, frames, n_mels, 1], float32 throughout.
 
     The normalisation is a BatchNorm over the frequency axis (one mean/variance per mel band, taken over
     batch and time), as in Choi et al.; it also absorbs the dB offset of the random gain augmentation.
@@ -85,7 +97,7 @@ class Frontend(nn.Module):
         """spec_mask: bool [batch, frames, n_mels], cells set to 0 (each band's mean) after the
         normalisation; band_db: [batch, n_mels] dB added to the log-mel before it (augment.py draws both;
         None = not applied)."""
-        x = mel.log_mel_spectrogram(audio.astype(jnp.float32), self.mel_config)  # [batch, frames, n_mels]
+        x = compressed_mel(audio.astype(jnp.float32), self.mel_config)  # [batch, frames, n_mels]
         if band_db is not None:
             x = x + band_db[:, None, :]  # a gain per mel band: a random EQ
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
