@@ -20,10 +20,10 @@ known artist", not artist-filtered genre recognition. XLA's CPU code differs by 
 gives another run (rows 19-21: up to two songs a fold apart).
 
 On artists it has never heard, through a 16 kHz recording chain (experiments/new_artists.py: trained on these 70,
-tested on gtzan-53-16k), this preset scores 0.459 +- 0.022 over seeds 0-2; --set lowpass_prob=0.8 (random
-low-pass on 80 % of the training crops) scores 0.522 +- 0.058 there and loses almost nothing through 16 kHz
-(0.03 against 0.36), but 6-8 songs of 70 on these same-artist folds, so it is an option, not the preset
-(experiments/README.md, "New artists": the decision table).
+tested on gtzan-53-16k), this preset scores 0.459 +- 0.022 over seeds 0-2, and the same songs of known artists
+lose 0.36 through 16 kHz (fold 0). For other artists or band-limited recordings use experiments/gtzan70_robust.py (this
+recipe + random low-pass on 80 % of the crops + 2,520 steps): 0.503 +- 0.011 there, 0.014 lost through 16 kHz,
+four songs of 70 fewer on these same-artist folds (experiments/README.md, "New artists").
 
 Choices (each measured, experiments/README.md): CPU width 32/64/64/64; 3 s crops, evaluation every 1.5 s;
 SpecAugment 2 time masks of up to 16 frames (of ~130) and 2 mel masks of up to 12 bands (of 96), waveform

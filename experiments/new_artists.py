@@ -7,11 +7,13 @@ ids 11-96: mostly other artists, and resampled to 16 kHz, so nothing above 8 kHz
     python experiments/baseline_mfcc_svm.py --workdir runs/na-seed0      # MFCC+SVM on the same songs
     crnn-jax train --config experiments/new_artists.py --seed 0 --set eq_db=6 --workdir runs/na-eq6-seed0
 
-What it measured (experiments/README.md, "New artists", rows N1-N7; 2-core AMD EPYC): 0.459 +- 0.022 by song over
+What it measured (experiments/README.md, "New artists", rows N1-N12; 2-core AMD EPYC): 0.459 +- 0.022 by song over
 seeds 0-2 (MFCC+SVM on the same songs 0.358); random low-pass on 80 % of the crops (--set lowpass_prob=0.8)
 0.522 +- 0.058, the front end cut at 8 kHz (--set f_max=8000) 0.522 +- 0.029 (MFCC+SVM with that front end
 0.585); both nearly remove the 16 kHz chain's loss on same-artist songs (0.36 -> 0.03 and 0.01) and cost same-
-artist accuracy on gtzan-70's folds (-6 and -9 songs of 70 on seed 0). `python experiments/new_artist_summary.py
+artist accuracy on gtzan-70's folds (-6 and -9 songs of 70 on seed 0); with 2,520 steps the low-pass keeps its
+lead and gives four of the six back: experiments/gtzan70_robust.py, tested here by new_artists_robust.py
+(0.503 +- 0.011). `python experiments/new_artist_summary.py
 RUN...` prints a row: mean +- std, per-genre recall pooled over the runs, the runs as one ensemble.
 results.json: test_accuracy (by song over the 53), per-class recall (test.per_class), confusion, test loss.
 The split is "all": every gtzan-70 clip trains (valid_fraction 0, as in gtzan70.py), for the 1,680 steps the

@@ -190,8 +190,8 @@ def test_train_through_the_console_entry_with_new_flags(tmp_path, capsys):
     assert results["steps"] == 2 and results["test"]["n_windows"] > results["test"]["n_songs"]  # 0.5 s hop
 
 
-PRESETS = ("cnn", "default_cpu", "gtzan", "gtzan70", "new_artists", "seed_report", "seed_report_cnn", "smoke",
-           "synth_compare")
+PRESETS = ("cnn", "default_cpu", "gtzan", "gtzan70", "gtzan70_robust", "new_artists", "new_artists_robust",
+           "seed_report", "seed_report_cnn", "smoke", "synth_compare")
 
 
 def test_every_preset_loads_and_says_what_it_is():
@@ -207,4 +207,10 @@ def test_every_preset_loads_and_says_what_it_is():
     # new artists: the gtzan70 recipe, every gtzan-70 clip training, tested on other artists' clips
     assert cfgs["new_artists"] == cfgs["gtzan70"].replace(split="all", test_data="../shared/data/gtzan-53-16k",
                                                           max_steps=1680)
+    # the recipe for other artists and any recording chain: gtzan70 with the low-pass and 2,520 steps, and its
+    # new-artist harness trains those steps on every gtzan-70 clip
+    assert cfgs["gtzan70_robust"] == cfgs["gtzan70"].replace(lowpass_prob=0.8, epochs=630)
+    assert cfgs["gtzan70_robust"].epochs * 4 == 2520  # 56 training songs a fold at batch 16: 4 steps an epoch
+    assert cfgs["new_artists_robust"] == cfgs["gtzan70_robust"].replace(
+        split="all", test_data="../shared/data/gtzan-53-16k", max_steps=2520)
     assert cfgs["seed_report"].batch_size == 4 and cfgs["seed_report"].momentum == 0.9  # the report's recipe
