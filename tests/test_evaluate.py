@@ -181,3 +181,35 @@ def test_refusals_are_one_line_and_write_nothing(case, message, run, music, tmp_
         assert not os.path.exists(out)
     else:
         assert os.listdir(out) == ["thesis.tex"]
+
+
+def test_a_model_trained_with_split_all_and_test_data(music, tmp_path, capsys):
+    """`--split all --test-data X` (experiments/new_artists*.py): every song of --data trains, X is the test; by
+    default evaluate scores X as the run did, another --data drops X for that data's split, --split all is
+    refused in one line."""
+    other = tmp_path / "other"  # the 'new artists': two of the genres, songs not in `music`
+    for g in GENRES[:2]:
+        label = synth.CLASS_NAMES.index(g)
+        os.makedirs(other / g)
+        for i in range(3):
+            x = synth.generate_clip(label, seconds=1.6, sample_rate=22050, seed=7, index=10 + i)
+            sf.write(str(other / g / f"{g}.{i:05d}.wav"), x, 22050, subtype="PCM_16")
+    cfg = config_lib.load_preset(os.path.join(os.path.dirname(__file__), "..", "experiments", "smoke.py")).replace(
+        data=music, split="all", test_data=str(other), valid_fraction=0.0, max_steps=2,
+        workdir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    trained = loop.train(cfg, log=lambda *_: None)
+    assert trained["n_test"] == 6 and sorted(trained["test_songs"]) == sorted(
+        f"{g}/{g}.{i:05d}.wav" for g in GENRES[:2] for i in range(3))
+
+    assert eval_lib.main(["--workdir", cfg.workdir, "--out", str(tmp_path / "e")]) == 0  # the run's own test
+    got = load(str(tmp_path / "e"))
+    assert got["data"] == str(other) and got["songs"] == trained["test_songs"]
+    assert got["accuracy"] == trained["test"]["accuracy"] and got["test"]["loss"] == trained["test"]["loss"]
+
+    assert eval_lib.main(["--workdir", cfg.workdir, "--data", music, "--out", str(tmp_path / "r")]) == 0
+    mine = load(str(tmp_path / "r"))  # another folder: its own random split's test part, no trace of --test-data
+    assert mine["data"] == music and mine["split"] == "random" and 0 < mine["n_songs"] < 18
+    capsys.readouterr()
+    assert eval_lib.main(["--workdir", cfg.workdir, "--split", "all", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--part all" in err and not os.path.exists(tmp_path / "a")

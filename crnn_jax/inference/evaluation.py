@@ -17,7 +17,7 @@ from crnn_jax.errors import ConfigError, DataError
 from crnn_jax.inference import predictor as predictor_lib
 from crnn_jax.training import report
 from crnn_jax.training.evaluator import relabel, score
-from crnn_jax.training.loop import load_data
+from crnn_jax.training.loop import load_data, load_test_data
 
 PARTS = ("test", "valid", "train", "all")
 
@@ -43,6 +43,17 @@ def check_out(out: str, workdir: str | None, model: str | None) -> None:
                               "folder (or one an earlier evaluation wrote)")
 
 
+def _changes(trained, changes: dict) -> dict:
+    """The config changes for a model trained with --split all --test-data: another --data or --split no longer
+    means the run's test songs, so the test data goes; --split all alone would leave no test songs."""
+    if not trained.test_data or not {"data", "split"} & set(changes):
+        return changes
+    if (changes.get("split") or "").strip() == "all":
+        raise ConfigError("--split all leaves no test songs: give --part all to score every song of --data")
+    split = changes.get("split") or ("random" if trained.split.strip() == "all" else trained.split)
+    return {**changes, "split": split, "test_data": ""}
+
+
 def run(*, out: str, model: str | None = None, workdir: str | None = None, part: str = "test",
         changes: dict | None = None, log=print) -> dict:
     """Score the model of `model` (a file) or `workdir` on the `part` of its data and split (with config
@@ -50,22 +61,26 @@ def run(*, out: str, model: str | None = None, workdir: str | None = None, part:
     -> the results dict."""
     check_out(out, workdir, model)
     predictor = predictor_lib.Predictor.from_file(model) if model else predictor_lib.load_model(workdir)
-    cfg = predictor.cfg.replace(**(changes or {}))
-    if part == "all" and cfg.data != "synthetic":  # every song: no split to make (a folder too small for one is fine)
+    cfg = predictor.cfg.replace(**_changes(predictor.cfg, dict(changes or {})))
+    data = cfg.test_data if part == "test" and cfg.test_data else cfg.data
+    if data != cfg.data:  # trained with --split all --test-data: its test songs are every song of the test data
+        ds, split, part_of = load_test_data(cfg, predictor.class_names), None, "all"
+    elif part == "all" and cfg.data != "synthetic":  # every song: no split (a folder too small for one is fine)
         from crnn_jax.data import loaders
 
-        ds, split = loaders.load_dataset(cfg), None
+        ds, split, part_of = loaders.load_dataset(cfg), None, "all"
     else:
         ds, split = load_data(cfg)
+        part_of = part
     ds = relabel(ds, predictor.class_names)
-    songs = np.arange(len(ds), dtype=np.int64) if part == "all" else split[part]
+    songs = np.arange(len(ds), dtype=np.int64) if part_of == "all" else split[part]
     if not len(songs):
         raise DataError(f"the {part} part of split {cfg.split!r} of {cfg.data} holds no songs; "
                         "choose another --part or --split")
-    log(f"evaluate: {model or workdir} on {cfg.data} ({part} part of split {cfg.split}: "
-        f"{len(songs)} songs)")
+    what = "--test-data of the run" if data != cfg.data else f"{part} part of split {cfg.split}"
+    log(f"evaluate: {model or workdir} on {data} ({what}: {len(songs)} songs)")
     ev = score(cfg, predictor.state, ds, songs)
-    results = {"model": model or workdir, "data": cfg.data, "split": cfg.split, "fold": cfg.fold,
+    results = {"model": model or workdir, "data": data, "split": cfg.split, "fold": cfg.fold,
                "grouping": splits.describe(cfg),
                "part": part, "accuracy": ev["accuracy"], "window_accuracy": ev["window_accuracy"],
                "n_songs": ev["n_songs"], "class_names": list(ds.class_names),
