@@ -4,8 +4,8 @@
     python -m crnn_jax.bench train [--batch-sizes 4,32,256] [--crops 3,30] [--preset choi|cpu] [--json FILE]
     python -m crnn_jax.bench ingest FOLDER [--make N] [--workers 1,2] [--repeats R] [--json FILE]
 
-`mel` (bench_mel.py): the jitted log-mel front end (mel.log_mel_spectrogram, default MelConfig) beside
-librosa doing the same work clip by clip in the same run. `train` (bench_train.py): the training call
+`mel` (benchmarks/mel_speed.py): the jitted log-mel front end (mel.log_mel_spectrogram, default MelConfig) beside
+librosa doing the same work clip by clip in the same run. `train` (benchmarks/train_step.py): the training call
 train.py makes (steps.parallel(make_multi_step(make_train_step))) beside the PyTorch twin in
 crnn_jax/benchmarks/torch_reference.py, same shapes, weights and inputs. `ingest` (benchmarks/ingest.py):
 audio-hours per minute decoded from a folder into the cache with 1 and N worker processes, and peak RSS.
@@ -13,6 +13,7 @@ To add a subcommand, write a module with `add_args(parser)` and a runner, and re
 """
 
 import argparse
+import os
 import sys
 
 from crnn_jax.benchmarks import ingest as _ingest
@@ -31,21 +32,30 @@ _SUBCOMMANDS = {
 
 
 def main(argv=None):
-    from crnn_jax.cmdline import HelpFormatter  # every flag's help ends with its default
+    from crnn_jax import cmdline  # every flag's help ends with its default; failures are one line
+    from crnn_jax.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="crnn-jax bench", description=__doc__.split("\n")[0],
-                                     formatter_class=HelpFormatter)
+                                     formatter_class=cmdline.HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, run, help_text) in _SUBCOMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, formatter_class=HelpFormatter))
+        add_args(sub.add_parser(name, help=help_text, formatter_class=cmdline.HelpFormatter))
         sub.choices[name].set_defaults(func=run)
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except ValueError as e:  # a bad flag value: one line, no traceback
-        print(f"crnn_jax.bench: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def work(args: argparse.Namespace) -> None:
+        if getattr(args, "json", None):  # checked before minutes of measuring, not after
+            folder = os.path.dirname(os.path.abspath(args.json))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise ConfigError(f"--json {args.json}: {folder} is not a writable folder; name a file in one")
+        try:
+            args.func(args)
+        except ValueError as e:  # a bad flag value
+            raise ConfigError(str(e)) from None
+
+    def places(args):
+        return [("--json", os.path.dirname(os.path.abspath(args.json)))] if getattr(args, "json", None) else []
+
+    return cmdline.run("crnn_jax.bench", lambda: parser.parse_args(argv), work, places=places)
 
 
 if __name__ == "__main__":

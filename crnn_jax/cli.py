@@ -4,7 +4,8 @@
     crnn-jax predict --workdir RUN|--model FILE FILE...   = python -m crnn_jax.predict
     crnn-jax evaluate --model FILE --data DIR --out DIR   = python -m crnn_jax.evaluate
     crnn-jax export --workdir RUN --out model.crnn        = python -m crnn_jax.export
-    crnn-jax bench mel|train                              = python -m crnn_jax.bench
+    crnn-jax cv --config experiments/x.py --data DIR      = python -m crnn_jax.cv
+    crnn-jax bench mel|train|ingest                       = python -m crnn_jax.bench
 
 `crnn-jax COMMAND --help` lists that command's flags. Modules are imported only when their command runs,
 so `crnn-jax --help` starts without JAX.

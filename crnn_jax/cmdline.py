@@ -108,7 +108,7 @@ HELP = {
                  "recording chain) (default: none)",
     "group_by": "keep each group's songs on one side of random and kfold splits: artist | album | folder "
                 "(tags, else the folder above the file; default: none, songs split one by one)",
-    "workers": "processes decoding a folder into the cache (0 = one per CPU core)",
+    "workers": "processes decoding a folder into the cache (0 = one per CPU core, fewer for a small folder)",
     "precision": "fp32 | bf16 (bf16 convolutions and matmuls)", "steps_per_call": "training steps fused into one device call",
     "cache_dir": "decoded-audio cache folder (default $CRNN_JAX_CACHE or ~/.cache/crnn_jax)",
     "data_placement": "auto | device (data set resident on every device) | host (streamed)",

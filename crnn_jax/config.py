@@ -24,24 +24,19 @@ from crnn_jax.mel import MelConfig
 
 
 
-def _need(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
-
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the songs come from and how they are split (crnn_jax.data)."""
 
     data: str = "synthetic"  # "synthetic", a folder of genre sub-folders, or "tfds:gtzan"
-    split: str = "random"  # random | fault-filtered | kfold:K | a folder with train/valid/test.txt
+    split: str = "random"  # random | fault-filtered | kfold:K | all (with test_data) | a folder with train/valid/test.txt
     fold: int = 0  # which fold is the test fold with split="kfold:K"
     group_by: str = ""  # "" (songs) | artist | album | folder: random/kfold splits keep each group on one side
     test_data: str = ""  # a folder (or tfds:gtzan) whose every song is the test set, e.g. other artists; "" = none
     test_fraction: float = 0.2  # random split: share of songs per class held out for test
     valid_fraction: float = 0.1  # random split: share of songs per class for validation (0: none)
-    cache_dir: str = ""  # decoded-audio cache; "" = ~/.cache/crnn_jax
-    workers: int = 0  # processes decoding a folder into the cache; 0 = one per CPU core
+    cache_dir: str = ""  # decoded-audio cache; "" = $CRNN_JAX_CACHE or ~/.cache/crnn_jax
+    workers: int = 0  # processes decoding a folder into the cache; 0 = one per core (fewer for small folders)
     synth_clips_per_class: int = 100  # built-in data: clips per class
     synth_seconds: float = 8.0  # built-in data: clip length, s
 
@@ -81,7 +76,8 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Augmentations inside the jitted step, functions of (seed, step) (training.augment); all off by default."""
+    """Augmentations inside the jitted step, functions of (seed, step) (training.augment); all off by default
+    but the random gain (gain_db)."""
 
     gain_db: float = 6.0  # random gain, uniform in +-gain_db dB
     spec_time_masks: int = 0  # SpecAugment time masks per example (0 = off)
@@ -200,12 +196,16 @@ class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, Data
     def final_dropout_rate(self) -> float:
         return self.final_dropout if self.dropout is None else self.dropout
 
+    def data_name(self) -> str:
+        """The data's short name for default folder names: the folder's own name, 'tfds-gtzan', 'synthetic'."""
+        data = "synthetic" if self.data == "synthetic" else os.path.basename(os.path.normpath(self.data)) or "data"
+        return data.replace(":", "-")
+
     def resolved_workdir(self) -> str:
         if self.workdir:
             return self.workdir
-        data = "synthetic" if self.data == "synthetic" else os.path.basename(os.path.normpath(self.data)) or "data"
-        data = data.replace(":", "-")
-        return os.path.join("runs", f"{self.model}-{data}-seed{self.seed}" + (f"-m{self.member}" if self.member else ""))
+        name = f"{self.model}-{self.data_name()}-seed{self.seed}"
+        return os.path.join("runs", name + (f"-m{self.member}" if self.member else ""))
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -234,16 +234,13 @@ def load_preset(path: str) -> Config:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
+        if not hasattr(module, "get_config") and not hasattr(module, "config"):
+            raise ConfigError(f"--config: {path} defines neither `config` nor `get_config()`")
+        cfg = module.get_config() if hasattr(module, "get_config") else module.config
     except ConfigError:
         raise
     except Exception as e:  # a broken preset is user input: one line, not a traceback
         raise ConfigError(f"--config: {path} failed to load: {type(e).__name__}: {e}") from None
-    if hasattr(module, "get_config"):
-        cfg = module.get_config()
-    elif hasattr(module, "config"):
-        cfg = module.config
-    else:
-        raise ConfigError(f"--config: {path} defines neither `config` nor `get_config()`")
     if not isinstance(cfg, Config):
         raise ConfigError(f"--config: {path} must define a crnn_jax.config.Config, got {type(cfg).__name__}")
     return cfg

@@ -3,6 +3,7 @@ field and what to change, before any audio is decoded or any JAX work starts (co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from crnn_jax import mel
@@ -24,6 +25,9 @@ def need(ok: bool, msg: str) -> None:
 
 def check(c) -> None:
     """All of a config.Config's fields, alone and together."""
+    for f in dataclasses.fields(c):  # nan and inf pass every comparison below the wrong way, or overflow later
+        v = getattr(c, f.name)
+        need(not isinstance(v, float) or math.isfinite(v), f"{f.name} must be a finite number, got {v}")
     need(c.model in MODELS, f"--model must be one of {MODELS}, got {c.model!r}")
     need(c.group_by in GROUPINGS, f"--group-by must be one of {', '.join(g or '(none)' for g in GROUPINGS)}, "
          f"got {c.group_by!r}")
@@ -47,6 +51,11 @@ def check(c) -> None:
     need(math.isfinite(c.learning_rate) and c.learning_rate > 0,
          f"--learning-rate must be a positive number, got {c.learning_rate}")
     need(c.dropout is None or 0.0 <= c.dropout < 1.0, f"--dropout must be in [0, 1), got {c.dropout}")
+    for name in ("conv_dropout", "final_dropout"):
+        need(0.0 <= getattr(c, name) < 1.0, f"{name} must be in [0, 1), got {getattr(c, name)}")
+    need(c.eps >= 0, f"eps must be >= 0 (delta inside the square root of Algorithm 8.6), got {c.eps}")
+    need(c.gain_db >= 0, f"--gain-db must be >= 0 dB, got {c.gain_db}")
+    need(c.device_data_gb >= 0, f"device_data_gb must be >= 0 GiB, got {c.device_data_gb}")
     need(0.0 <= c.rms_decay < 1.0, f"rms_decay must be in [0, 1), got {c.rms_decay}")
     need(0.0 <= c.momentum < 1.0, f"momentum must be in [0, 1), got {c.momentum}")
     need(c.log_every >= 1, f"--log-every must be >= 1, got {c.log_every}")
@@ -105,13 +114,15 @@ def check_network(c) -> None:
         v = getattr(c, name)
         need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
              f"{name} must be a positive integer, got {v!r}")
+    need(c.crop_samples >= 1, f"a {c.crop_seconds} s crop is {c.crop_samples} samples at {c.sample_rate} Hz; "
+         f"use a longer --crop-seconds")
     need(c.hop_length <= c.n_fft, f"hop_length {c.hop_length} is longer than the FFT window "
          f"n_fft {c.n_fft}: audio between frames would be skipped; use hop_length <= n_fft")
     nyquist = c.sample_rate / 2
     need(c.f_max is not None, "f_max must be a frequency in Hz (e.g. the Nyquist frequency), not None")
     need(0.0 <= c.f_min, f"f_min must be >= 0 Hz, got {c.f_min}")
     need(c.f_max <= nyquist, f"f_max {c.f_max} Hz is above the Nyquist frequency of sample_rate "
-         f"{c.sample_rate} Hz; set f_max <= {nyquist:g}")
+         f"{c.sample_rate} Hz; add --set f_max={nyquist:g} (the mel front end's top edge, Hz) or less")
     need(c.f_min < c.f_max, f"f_min {c.f_min} Hz must be below f_max {c.f_max} Hz")
     empty = _empty_mel_filters(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max)
     need(not empty, f"n_mels {c.n_mels} leaves {empty} empty mel filters at n_fft {c.n_fft} between "

@@ -39,7 +39,8 @@ from crnn_jax import cmdline
 from crnn_jax.errors import ConfigError
 
 PROG = "crnn_jax.cv"
-# The driver sets these per run (kfold.driver.OWNED, repeated here so that --help starts without JAX).
+# The driver sets these per run (split, fold, seed and workdir in kfold.driver.run_config, member for an
+# ensemble); named here so that --help starts without JAX.
 OWNED = {"split": "--folds", "fold": "--folds", "seed": "--seeds", "workdir": "--out", "member": "--set ensemble=M"}
 
 
@@ -62,9 +63,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _backend() -> str:
+    """The backend the folds train on (the default preset follows it, as in crnn-jax train); imported late so
+    that --help starts without JAX."""
+    import jax
+
+    return jax.default_backend()
+
+
 def evaluate(args: argparse.Namespace) -> None:
     """Every (seed, fold) trained or resumed, scored beside MFCC+SVM, summarised (kfold.driver.run_all)."""
-    cfg = cmdline.config_of(args, lambda: "cpu", owned=OWNED)
+    cfg = cmdline.config_of(args, _backend, owned=OWNED)
     if cfg.data == "synthetic":
         raise ConfigError("--data: k-fold evaluation needs a folder of genre sub-folders (or tfds:gtzan); "
                           "the built-in synthetic set has its own random split")
@@ -78,7 +87,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from crnn_jax.kfold.summary import plus_minus as pm
 
     driver.compilation_cache(cfg)
-    args.out = args.out or os.path.join("runs", f"cv-{cfg.model}-{os.path.basename(os.path.normpath(cfg.data))}")
+    args.out = args.out or os.path.join("runs", f"cv-{cfg.model}-{cfg.data_name()}")
     s = driver.run_all(cfg, args.out, args.folds, args.seeds, with_baseline=not args.no_baseline)
     print(f"{s['model'].upper()} {pm(s['network'])}"
           + (f"; MFCC+SVM {pm(s['baseline'])}; difference {pm(s['difference'])}" if "baseline" in s else "")

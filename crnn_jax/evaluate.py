@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cmdline.Parser("crnn-jax evaluate", __doc__.split("\n")[0].split(": ", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="FILE", help="a model file written by `crnn-jax export`")
-    src.add_argument("--workdir", metavar="RUN", help="a training workdir (its newest checkpoint)")
+    src.add_argument("--workdir", metavar="RUN", help="a training workdir (its tested checkpoint: best/ when the run tests the best one, else the newest)")
     p.add_argument("--data", default=None,
                    help="a folder of genre sub-folders, 'synthetic' or 'tfds:gtzan' (default: the model's own data)")
     p.add_argument("--split", default=None,
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group-by", default=None, help=cmdline.HELP["group_by"].split(" (")[0] + " (default: the model's)")
     p.add_argument("--part", choices=("test", "valid", "train", "all"), default="test",
                    help="which songs of the split to score; 'all' for a folder of songs the model never saw")
-    p.add_argument("--cache-dir", default=None, help="decoded-audio cache folder (default ~/.cache/crnn_jax)")
+    p.add_argument("--cache-dir", default=None, help="decoded-audio cache folder (default: the model's, else $CRNN_JAX_CACHE or ~/.cache/crnn_jax)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for results.json and confusion.png (created; never inside the model's workdir)")
     return p.parse_args(argv)

@@ -21,7 +21,7 @@ PROG = "crnn_jax.export"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cmdline.Parser("crnn-jax export", __doc__.split("\n")[0].split(": ", 1)[1])
-    p.add_argument("--workdir", required=True, metavar="RUN", help="a training workdir (its newest checkpoint)")
+    p.add_argument("--workdir", required=True, metavar="RUN", help="a training workdir (its tested checkpoint: best/ when the run tests the best one, else the newest)")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="the model file to write (by convention *.crnn); an existing model file is replaced")
     return p.parse_args(argv)

@@ -51,3 +51,13 @@ def test_bad_values_are_one_line(capsys, flags, message):
     assert bench.main(["train", *SHAPES, "--batch-sizes", "4", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"crnn_jax.bench: error: {message}, got 0"
+
+
+def test_an_unwritable_json_is_one_line_before_any_measuring(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setitem(bench._SUBCOMMANDS, "mel", (bench._mel.add_args, lambda args: ran.append(1), ""))
+    out = tmp_path / "no" / "such" / "folder" / "mel.json"
+    assert bench.main(["mel", "--repeats", "1", "--json", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("crnn_jax.bench: error: --json") and "not a writable folder" in err
+    assert not ran and not out.parent.exists()

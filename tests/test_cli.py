@@ -167,7 +167,14 @@ def test_bad_flags_on_the_command_line_are_one_line_and_touch_nothing(tmp_path, 
     wd = str(tmp_path / "wd")
     for args, message in ((["--set", "n_mel=64"], "did you mean n_mels?"),
                           (["--conv-channels", "8,x"], "is not a comma list of integers"),
-                          (["--set", "conv_channels=8,8"], "need the same length")):
+                          (["--set", "conv_channels=8,8"], "need the same length"),
+                          # values that once passed the checks and failed later with a traceback
+                          (["--set", "eps=-1"], "eps must be >= 0"),
+                          (["--crop-seconds", "inf"], "crop_seconds must be a finite number"),
+                          (["--crop-seconds", "1e-5"], "crop is 0 samples"),
+                          (["--eval-hop-seconds", "inf"], "eval_hop_seconds must be a finite number"),
+                          (["--gain-db", "nan"], "gain_db must be a finite number"),
+                          (["--sample-rate", "16000"], "add --set f_max=8000")):
         assert cli.main(["train", "--config", SMOKE, "--workdir", wd, *args]) == 2
         cap = capsys.readouterr()
         lines = cap.err.strip().splitlines()

@@ -71,6 +71,25 @@ def test_a_song_scores_the_mean_of_its_windows_log_probabilities():
     np.testing.assert_allclose(evaluator.song_probabilities(slp[1], "sigmoid"), np.sqrt(p7[0] * p7[1]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+def test_the_evaluation_loss_is_the_heads_training_loss(head):
+    # The validation loss (curves.png, the best checkpoint's tie-break) must be the quantity training
+    # minimises: for the sigmoid head the mean over classes of ten binary cross-entropies, not -log p(true).
+    import jax.numpy as jnp
+
+    from crnn_jax import model as model_lib
+
+    z = np.random.default_rng(0).normal(scale=8.0, size=(7, 10)).astype(np.float32)
+    z[0, 3], z[1, 0] = 95.0, -95.0  # sure and right: log-sigmoid of the true class rounds to 0, of another to -95
+    labels = np.array([3, 1, 4, 1, 5, 9, 2])
+    window_logp = np.asarray(model_lib.log_probs(jnp.asarray(z), head))
+    want = float(model_lib.loss_fn(jnp.asarray(z), jnp.asarray(labels), head).mean())
+    got = report.window_loss(window_logp, labels, head)
+    assert np.isfinite(got) and got == pytest.approx(want, rel=1e-5)
+    if head == "sigmoid":  # the old quantity differs
+        assert abs(-window_logp[np.arange(7), labels].mean() - want) > 0.1
+
+
 @pytest.mark.parametrize("source", ["workdir", "model"])
 def test_reproduces_the_runs_test_numbers(source, run, tmp_path):
     workdir, trained, model = run

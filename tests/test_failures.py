@@ -461,8 +461,8 @@ def test_a_cosine_run_refuses_another_total_on_resume(finished, tmp_path, capsys
     (dict(conv_channels=(8,) * 5, freq_pools=(1, 2, 2, 2, 2)),
      "5 conv blocks but automatic time pools exist for at most 4; give time_pools, one per block"),
     (dict(conv_channels=(8,) * 3), "conv_channels (8, 8, 8) and freq_pools (2, 3, 4, 4) need the same length"),
-    (dict(sample_rate=16000), "f_max 11025.0 Hz is above the Nyquist frequency of sample_rate 16000 Hz; set "
-                              "f_max <= 8000"),
+    (dict(sample_rate=16000), "f_max 11025.0 Hz is above the Nyquist frequency of sample_rate 16000 Hz; add "
+                              "--set f_max=8000 (the mel front end's top edge, Hz) or less"),
     (dict(f_min=11025.0), "f_min 11025.0 Hz must be below f_max 11025.0 Hz"),
     (dict(time_pools=(4, 4, 4, 4), crop_seconds=1.0), "a 1.0 s crop is 44 frames, fewer than the 256 the time_pools "
                                                       "(4, 4, 4, 4) reduce to one step; use a longer --crop-seconds "
@@ -515,6 +515,20 @@ def test_a_config_that_is_a_folder_is_one_line(tmp_path, capsys):
     assert train_lib.main(["--config", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"crnn_jax.train: error: --config {tmp_path} is a folder; pass a preset file such as experiments/smoke.py"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("def get_config():\n    return {}['missing']\n", "failed to load: KeyError: 'missing'"),
+    ("x = 1\n", "defines neither `config` nor `get_config()`"),
+    ("config = 3\n", "must define a crnn_jax.config.Config, got int"),
+])
+def test_a_broken_preset_is_one_line(text, message, tmp_path, capsys):
+    preset = tmp_path / "broken.py"
+    preset.write_text(text)
+    assert train_lib.main(["--config", str(preset), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("crnn_jax.train: error: --config"), err
+    assert not os.path.exists(tmp_path / "w")
 
 
 def test_ctrl_c_while_loading_data_and_a_data_file_are_one_line(tmp_path, capsys, monkeypatch):

@@ -156,6 +156,21 @@ def test_json_and_plot(run_dir, songs, tmp_path, capsys):
     assert len(err) == 1 and "--plot draws one song" in err[0] and not os.path.exists(tmp_path / "two.png")
 
 
+@pytest.mark.parametrize("flag,name,message", [
+    ("--plot", "timeline.xyz", "matplotlib cannot write a .xyz file; end the name in .png"),
+    ("--plot", "nowhere/t.png", "no such folder"),
+    ("--csv", "nowhere/genres.csv", "no such folder"),
+])
+def test_outputs_that_cannot_be_written_are_one_line_before_any_song(flag, name, message, run_dir, songs, tmp_path,
+                                                                      capsys):
+    # a bad extension once failed at the first song, reported as that song's failure (exit 1)
+    assert predict_lib.main(["--workdir", run_dir, songs[2], flag, str(tmp_path / name)]) == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"crnn_jax.predict: error: {flag}") and message in err[0], err
+    assert cap.out == "" and os.listdir(tmp_path) == []
+
+
 def edit_json(path, **changes):
     with open(path) as f:
         d = json.load(f)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from crnn_jax.data import dataset as data
-from crnn_jax.data.decode import one_line
+from crnn_jax.errors import one_line
 from crnn_jax.data.log import say
 
 CACHE_VERSION = 2  # bump when decoding or the layout changes, so old caches are not reused (2: songs end to end)

@@ -36,7 +36,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from crnn_jax.data import decode_av
-from crnn_jax.errors import DataError
+from crnn_jax.errors import DataError, one_line
 
 # The first five are libsndfile's (and were the only ones before FFmpeg), so messages listing them still start so.
 AUDIO_EXTS = (".wav", ".au", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".aifc", ".opus", ".m4a", ".mp4", ".aac",
@@ -242,7 +242,3 @@ def truncated(log: str, declared_frames: int, frames: int) -> str:
     if 0 < declared_frames and frames < 0.99 * declared_frames:
         return f"the header declares {declared_frames} samples, only {frames} decode"
     return ""
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from crnn_jax.data import dataset as data
 from crnn_jax.data import decode
 from crnn_jax.data.log import say
-from crnn_jax.errors import ConfigError, DataError
+from crnn_jax.errors import ConfigError, DataError, one_line
 
 LOG_EVERY = 10.0  # s between "decoded i/n files" lines when no progress bar is drawn (logs, pipes)
 # File bytes each automatic worker must have: starting one (a fresh interpreter importing numpy, scipy,
@@ -155,7 +155,7 @@ def _why(path: str, e: Exception) -> str:
     """A decoding failure -> one line naming the file (DataErrors already do)."""
     if isinstance(e, DataError):
         return str(e)
-    return f"{path}: cannot be decoded ({type(e).__name__}: {decode.one_line(e)})"
+    return f"{path}: cannot be decoded ({type(e).__name__}: {one_line(e)})"
 
 
 def decode_files(groot: str, songs: list[str], sample_rate: int, path: str | None, *, workers: int = 0,

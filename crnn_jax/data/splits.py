@@ -4,6 +4,7 @@
     fault-filtered       Kereliuk, Sturm & Larsen's artist-filtered GTZAN split (443/197/290 songs, shipped
                          in crnn_jax/data/lists/*_filtered.txt): no artist on two sides, 70 faulty clips dropped
     kfold:K              stratified K folds of songs; --fold i (0 <= i < K) is the test fold
+    all                  every song trains (but valid_fraction's share); --test-data FOLDER is the test
     /a/folder            train.txt, test.txt and optionally valid.txt in it, one song path per line
 
 List lines are matched to the data's song names ("<genre>/<path in the genre folder>") by genre and
@@ -15,7 +16,8 @@ With --group-by artist|album|folder (random and kfold:K only), whole groups of s
 sides, and genres are stratified as far as the groups allow (after scikit-learn's StratifiedGroupKFold).
 
 Whatever the form, the result is {"train", "valid", "test"} -> sorted int64 song indices, pairwise
-disjoint, and with grouping no group on two sides (checked), with train and test non-empty.
+disjoint, and with grouping no group on two sides (checked), with train and test non-empty (test empty
+for all: its test songs are another folder's).
 """
 
 from __future__ import annotations

@@ -25,10 +25,11 @@ import mutagen
 import numpy as np
 from mutagen.id3 import ID3
 
+from crnn_jax import config_checks
 from crnn_jax.config import ConfigError
 from crnn_jax.data.dataset import DataError
 
-GROUPINGS = ("artist", "album", "folder")
+GROUPINGS = tuple(g for g in config_checks.GROUPINGS if g)  # "" (no grouping) is not a grouping
 # mutagen's easy names -> ID3 frames, for files whose ID3 tag has no easy view (WAV, AIFF).
 ID3_FRAMES = {"albumartist": "TPE2", "artist": "TPE1", "album": "TALB"}
 # What a song needs to have a group, for the one-line refusal.

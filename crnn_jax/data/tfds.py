@@ -23,7 +23,7 @@ import numpy as np
 from crnn_jax.data import dataset as data
 from crnn_jax.data import decode
 from crnn_jax.data import ingest
-from crnn_jax.data.decode import one_line
+from crnn_jax.errors import one_line
 from crnn_jax.data.log import say
 from crnn_jax.errors import DataError
 

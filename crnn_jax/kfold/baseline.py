@@ -30,7 +30,7 @@ from crnn_jax import files
 from crnn_jax.data import dataset as data_lib
 from crnn_jax import mel as mel_lib
 from crnn_jax.training import report
-from crnn_jax.training.evaluator import padded_batches
+from crnn_jax.training.evaluator import dataset_crops, padded_batches
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data.dataset import DataError
 
@@ -76,7 +76,7 @@ def song_features(cfg: Config, ds: data_lib.Dataset, songs: np.ndarray) -> Featu
     logmel = _log_mel_fn(cfg.mel)
     frames = []  # per window: [frames, 40]
     for s, o, n in padded_batches(w_song, w_off, BATCH):  # one compiled shape
-        x = ds.crops(s, o, crop).astype(np.float32) / data_lib.INT16_SCALE  # [BATCH, crop]
+        x = dataset_crops(ds, s, o, crop).astype(np.float32) / data_lib.INT16_SCALE  # [BATCH, crop], as the CRNN sees it
         frames.append(mfcc_frames(np.asarray(logmel(x), np.float64))[:n])  # [n, frames, 40]
     f = np.concatenate(frames)  # [W, frames, 40]
     win = np.concatenate([f.mean(1), f.std(1)], axis=1)  # [W, 80]

@@ -114,7 +114,7 @@ def speed_rates(keys: jax.Array, speed_change: float) -> jax.Array:
 def resample(audio: jax.Array, rates: jax.Array, n_out: int) -> jax.Array:
     """Each row played at its rate by linear interpolation: audio [batch, read], rates [batch] ->
     [batch, n_out], out[i, n] = audio[i] at position n * rates[i]. Needs read >= (n_out - 1) max(rates) + 2
-    (config.Config.read_samples); positions past the last sample would read the last one."""
+    (config.Config.read_samples); shorter, positions past the last sample would extrapolate from the last two."""
     pos = jnp.arange(n_out, dtype=jnp.float32)[None, :] * rates[:, None]  # [batch, n_out]
     i0 = jnp.minimum(jnp.floor(pos).astype(jnp.int32), audio.shape[-1] - 2)
     frac = (pos - i0).astype(audio.dtype)

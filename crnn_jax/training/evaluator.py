@@ -86,7 +86,7 @@ class Evaluator:
                      "gains": steps_lib.shard(np.ones(len(s), np.float32), self.n_local)}
             logp = np.asarray(self.p_eval(state, batch))[0]  # first local device's copy: [devices, per_device, classes]
             out.append(logp.reshape(-1, logp.shape[-1])[:n])  # [windows, classes]
-        return report.evaluate_scores(np.concatenate(out), w_song, songs, ds.labels, ds.class_names)
+        return report.evaluate_scores(np.concatenate(out), w_song, songs, ds.labels, ds.class_names, cfg.head)
 
 
 def score(cfg: Config, state, ds: data_lib.Dataset, songs: np.ndarray) -> dict:

@@ -43,11 +43,28 @@ def per_class(conf: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[st
     return out
 
 
+def window_loss(window_logp: np.ndarray, w_labels: np.ndarray, head: str = "softmax") -> float:
+    """The training loss on unsmoothed one-hot targets (model.loss_fn), averaged over windows: window_logp
+    [W, C] of the head (log-softmax; log-sigmoid per class), w_labels [W]. Sigmoid: the mean over classes of
+    the binary cross-entropies, log(1 - sigmoid) recovered from log-sigmoid in float64."""
+    rows = np.arange(len(w_labels))
+    if head == "softmax":
+        return float(-window_logp[rows, w_labels].mean())
+    lp = window_logp.astype(np.float64)
+    # log(1 - p) = log(-expm1(log p)), exact while float32 keeps log p below 0 (logits under ~87); the clip
+    # keeps a wrong class's larger logit finite (about 87 where optax says z)
+    log_not = np.log(-np.expm1(np.minimum(lp, -np.finfo(np.float32).tiny)))
+    target = np.zeros_like(lp)
+    target[rows, w_labels] = 1.0
+    return float(-(target * lp + (1.0 - target) * log_not).mean())
+
+
 def evaluate_scores(window_logp: np.ndarray, window_song: np.ndarray, songs: np.ndarray, labels: np.ndarray,
-                    class_names: Sequence[str]) -> dict:
-    """Window- and song-level scores. window_logp [W, C]; window_song [W]; songs [S]; labels: per dataset
-    row (indexed by song id). -> dict with accuracy (song-level), window_accuracy, loss (window NLL),
-    confusion (song), window_confusion, per_class (song), n_songs, n_windows."""
+                    class_names: Sequence[str], head: str = "softmax") -> dict:
+    """Window- and song-level scores. window_logp [W, C] (the head's log-probabilities); window_song [W];
+    songs [S]; labels: per dataset row (indexed by song id); head: softmax | sigmoid. -> dict with accuracy
+    (song-level), window_accuracy, loss (the head's training loss on the windows, window_loss), confusion
+    (song), window_confusion, per_class (song), n_songs, n_windows."""
     n_classes = len(class_names)
     w_labels = labels[window_song]
     w_pred = window_logp.argmax(-1)
@@ -58,7 +75,7 @@ def evaluate_scores(window_logp: np.ndarray, window_song: np.ndarray, songs: np.
     return {
         "accuracy": float((s_pred == s_labels).mean()),
         "window_accuracy": float((w_pred == w_labels).mean()),
-        "loss": float(-window_logp[np.arange(len(w_labels)), w_labels].mean()),
+        "loss": window_loss(window_logp, w_labels, head),
         "confusion": conf.tolist(),
         "window_confusion": confusion(w_labels, w_pred, n_classes).tolist(),
         "per_class": per_class(conf, class_names),

@@ -20,7 +20,7 @@ import json
 import os
 
 from crnn_jax.config import Config, ConfigError
-from crnn_jax.errors import os_line
+from crnn_jax.errors import DEVICE_OOM_ADVICE, os_line
 
 # config.json fields that mark the file as ours (another program's config.json has other keys).
 _OUR_KEYS = {"model", "conv_channels", "freq_pools", "n_mels", "sample_rate", "crop_seconds"}
@@ -123,7 +123,7 @@ def config_changes(old: dict, cfg: Config, ignore: frozenset[str] | set[str]) ->
 def oom_advice(cfg: Config | None) -> str:
     """What to change when training runs out of device memory (errors.explain's advice)."""
     if cfg is None:
-        return "lower --batch-size or --crop-seconds, or pass --data-placement host to keep the data set off the device"
+        return DEVICE_OOM_ADVICE
     keep = ""
     if has_checkpoints(cfg.resolved_workdir()):
         keep = (f"; to resume {cfg.resolved_workdir()} as it is, try --data-placement host or a smaller "
