@@ -62,8 +62,9 @@ def run(*, out: str, model: str | None = None, workdir: str | None = None, part:
     check_out(out, workdir, model)
     predictor = predictor_lib.Predictor.from_file(model) if model else predictor_lib.load_model(workdir)
     cfg = predictor.cfg.replace(**_changes(predictor.cfg, dict(changes or {})))
-    data = cfg.test_data if part == "test" and cfg.test_data else cfg.data
-    if data != cfg.data:  # trained with --split all --test-data: its test songs are every song of the test data
+    runs_test_data = part == "test" and bool(cfg.test_data)  # trained with --split all --test-data X, scored as run
+    data = cfg.test_data if runs_test_data else cfg.data
+    if runs_test_data:  # its test songs are every song of X
         ds, split, part_of = load_test_data(cfg, predictor.class_names), None, "all"
     elif part == "all" and cfg.data != "synthetic":  # every song: no split (a folder too small for one is fine)
         from crnn_jax.data import loaders
@@ -77,7 +78,7 @@ def run(*, out: str, model: str | None = None, workdir: str | None = None, part:
     if not len(songs):
         raise DataError(f"the {part} part of split {cfg.split!r} of {cfg.data} holds no songs; "
                         "choose another --part or --split")
-    what = "--test-data of the run" if data != cfg.data else f"{part} part of split {cfg.split}"
+    what = "--test-data of the run" if runs_test_data else f"{part} part of split {cfg.split}"
     log(f"evaluate: {model or workdir} on {data} ({what}: {len(songs)} songs)")
     ev = score(cfg, predictor.state, ds, songs)
     results = {"model": model or workdir, "data": data, "split": cfg.split, "fold": cfg.fold,
