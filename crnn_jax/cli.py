@@ -14,6 +14,7 @@ so `crnn-jax --help` starts without JAX.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 
@@ -36,7 +37,16 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = _run(sys.argv[1:] if argv is None else list(argv))
+        sys.stdout.flush()  # a pipe's buffered output fails here, inside the try, not at exit
+        return code
+    except BrokenPipeError:  # `crnn-jax ... | head`: the reader has gone; no traceback for that
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe
+        return 1
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if argv else 2

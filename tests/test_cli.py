@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 
 import pytest
@@ -40,6 +41,14 @@ def console_script() -> str:
     path = path if os.path.exists(path) else shutil.which("crnn-jax")
     assert path, "no crnn-jax console script: install the package first (pip install -e '.[test]')"
     return path
+
+
+def test_output_into_a_closed_pipe_is_no_traceback():
+    # `crnn-jax --help | head -1`: the reader goes away before the writer is done
+    code = ("import os, sys\nr, w = os.pipe(); os.close(r); os.dup2(w, 1)\nfrom crnn_jax import cli\n"
+            "sys.exit(cli.main(['--help']))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr == ""
 
 
 @pytest.mark.slow
