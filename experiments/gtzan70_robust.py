@@ -12,11 +12,11 @@ What it measured (experiments/README.md, "New artists", row N12 and the both-axe
 - genres of artists never heard, through a 16 kHz chain (trained on gtzan-70, tested on gtzan-53-16k, 53
   songs): 0.503 +- 0.011 over seeds 0-2 (0.509, 0.509, 0.491) against gtzan70.py's 0.459 +- 0.022: +0.044,
   ahead on every seed;
-- the recording chain alone (gtzan-70's 5-fold test songs of seed 0 sent through 16 kHz): 0.771 -> 0.757, a
-  drop of 0.014 (gtzan70.py on fold 0: 0.857 -> 0.500; the issue's 30 clips: 0.26);
-- a new song of an artist already heard (5-fold by song on gtzan-70): seed 0 0.771 against 0.829 (four songs of
-  70 fewer), seed 1 0.771 against 0.871 (seven fewer): 1.1 songs a fold over the two; these folds reward the
-  8-11 kHz recording cues the low-pass teaches the network to do without.
+- the recording chain alone (gtzan-70's 5-fold test songs of seeds 0-4 sent through 16 kHz): 0.800 -> 0.797,
+  a drop of 0.003, at most 0.014 on any seed (gtzan70.py on fold 0: 0.857 -> 0.500; the issue's 30 clips: 0.26);
+- a new song of an artist already heard (5-fold by song on gtzan-70, the 25 folds of seeds 0-4): 0.800 +- 0.097
+  against gtzan70.py's 0.874 +- 0.088, 26 songs of 350 fewer (1.04 a fold; per seed 4, 7, 2, 9, 4 of 70);
+  these folds reward the 8-11 kHz recording cues the low-pass teaches the network to do without.
 The low-pass alone at 1,680 steps (--set lowpass_prob=0.8 on gtzan70.py) is as good on new artists (0.522
 +- 0.058, wider spread) but loses six and eight songs on those folds; the extra steps give two and one back.
 """
