@@ -32,7 +32,7 @@ _SUBCOMMANDS = {
 
 
 def main(argv=None):
-    from crnn_jax import cmdline  # every flag's help ends with its default; failures are one line
+    from crnn_jax import cmdline, files  # every flag's help ends with its default; failures are one line
     from crnn_jax.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="crnn-jax bench", description=__doc__.split("\n")[0],
@@ -43,10 +43,9 @@ def main(argv=None):
         sub.choices[name].set_defaults(func=run)
 
     def work(args: argparse.Namespace) -> None:
-        if getattr(args, "json", None):  # checked before minutes of measuring, not after
-            folder = os.path.dirname(os.path.abspath(args.json))
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise ConfigError(f"--json {args.json}: {folder} is not a writable folder; name a file in one")
+        why = getattr(args, "json", None) and files.unwritable(args.json)  # before minutes of measuring, not after
+        if why:
+            raise ConfigError(f"--json {args.json}: {why}; name a file in a folder that exists and can be written")
         try:
             args.func(args)
         except ValueError as e:  # a bad flag value

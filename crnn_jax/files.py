@@ -25,6 +25,14 @@ def atomic(path: str, mode: str = "w", **open_kw: Any) -> Iterator[IO]:
             os.remove(tmp)
 
 
+def unwritable(path: str) -> str | None:
+    """Why the file `path` cannot be created (its folder is missing or read-only), or None when it can."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"no such folder {folder}"
+    return None if os.access(folder, os.W_OK) else f"the folder {folder} is not writable"
+
+
 def write_json(path: str, doc: Any, indent: int | None = 1) -> None:
     """`doc` as JSON at `path`, atomically."""
     with atomic(path) as f:

@@ -202,6 +202,7 @@ def test_refusals_are_one_line_and_write_nothing(case, message, run, music, tmp_
         assert os.listdir(out) == ["thesis.tex"]
 
 
+@pytest.mark.slow  # trains a model (~50 s): the full suite runs it
 def test_a_model_trained_with_split_all_and_test_data(music, tmp_path, capsys):
     """`--split all --test-data X` (experiments/new_artists*.py): every song of --data trains, X is the test; by
     default evaluate scores X as the run did, another --data drops X for that data's split, --split all is

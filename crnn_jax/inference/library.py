@@ -15,6 +15,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from crnn_jax.files import unwritable
 from crnn_jax.data import folders
 from crnn_jax.errors import ConfigError, DataError
 from crnn_jax.inference import playlists
@@ -44,8 +45,9 @@ class Outputs:
         if self.csv and os.path.isdir(self.csv):
             raise ConfigError(f"--csv {self.csv} is a folder; name the file to write")
         for flag, path in (("--csv", self.csv), ("--plot", self.plot)):
-            if path:
-                _check_writable(flag, path)
+            why = path and unwritable(path)
+            if why:
+                raise ConfigError(f"{flag} {path}: {why}; name a file in a folder that exists and can be written")
         if self.plot:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -58,15 +60,6 @@ class Outputs:
             raise ConfigError("--min-probability sorts unsure songs into unsure.m3u8: give --playlists DIR too")
         if self.min_probability is not None and not 0.0 <= self.min_probability <= 1.0:
             raise ConfigError(f"--min-probability must be in [0, 1], got {self.min_probability}")
-
-
-def _check_writable(flag: str, path: str) -> None:
-    """ConfigError (one line) when the file `path` cannot be created: its folder is missing or read-only."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{flag} {path}: no such folder {folder}; create it or name a file in another")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"{flag} {path}: the folder {folder} is not writable; name a file in another")
 
 
 def predict_library(predictor: Predictor, paths: list[str], out: Outputs, *, say=print) -> int:
