@@ -95,15 +95,18 @@ def test_a_model_with_pcen_trains_a_step_with_finite_numbers_and_a_changed_front
     stats = {}
     for compression in ("db", "pcen"):
         net = model_lib.build_model(base.replace(compression=compression), 10)
-        variables = net.init(jax.random.PRNGKey(0), audio[:1], train=False)
+        variables = jax.jit(lambda x: net.init(jax.random.PRNGKey(0), x, train=False))(audio[:1])
 
         def loss(params):
             logits, updated = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, audio,
                                         train=True, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=["batch_stats"])
             return jnp.mean(logits ** 2), updated["batch_stats"]
 
-        (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-        assert np.isfinite(float(value)) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+        if compression == "pcen":  # the gradient through the PCEN scan (the dB front end's is test_model's)
+            (value, batch_stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+            assert np.isfinite(float(value)) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+        else:
+            _, batch_stats = jax.jit(loss)(variables["params"])
         stats[compression] = np.asarray(batch_stats["frontend"]["input_norm"]["mean"])
     assert stats["db"].shape == stats["pcen"].shape == (32,)
     assert np.all(stats["pcen"] < 0.1 * np.abs(stats["db"]))  # PCEN's O(1) values, not -100 .. 0 dB
