@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from conftest import SHARED
 from crnn_jax.data import loaders
-from crnn_jax.data import splits
+from crnn_jax.data import split_lists, splits
 from crnn_jax.config import Config, ConfigError
 from crnn_jax.data.dataset import DataError, Dataset
 
-GENRES = splits.GTZAN_GENRES
-LISTS = splits.filtered_lists()
+GENRES = split_lists.GTZAN_GENRES
+LISTS = split_lists.filtered_lists()
 
 
 def dataset(names):
@@ -49,7 +49,7 @@ def test_shipped_fault_filtered_lists():
     assert [len(LISTS[k]) for k in ("train", "valid", "test")] == [443, 197, 290]
     everything = sum(LISTS.values(), [])
     assert len(set(everything)) == 930  # no song on two sides
-    assert all(splits.GTZAN_NAME.match("/".join(splits.song_key(x)[-2:])) for x in everything)
+    assert all(split_lists.GTZAN_NAME.match("/".join(split_lists.song_key(x)[-2:])) for x in everything)
     # Every genre is in every part (the split is stratified enough to test on).
     for k in splits.PARTS:
         assert {x.split("/")[0] for x in LISTS[k]} == set(GENRES)
@@ -60,7 +60,7 @@ def test_shipped_fault_filtered_lists():
 def test_shipped_lists_match_the_shared_copies():
     for k in splits.PARTS:
         with open(os.path.join(SHARED, "gtzan-splits", f"{k}_filtered.txt")) as f:
-            assert splits.parse_list(f.read()) == LISTS[k]
+            assert split_lists.parse_list(f.read()) == LISTS[k]
 
 
 # --- fault-filtered ----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from crnn_jax.data import cache as cache_lib
 from crnn_jax.data import dataset as data
 from crnn_jax.data import decode
 from crnn_jax.data import ingest
-from crnn_jax.data import splits
+from crnn_jax.data import split_lists
 from crnn_jax.errors import one_line
 from crnn_jax.data.log import say
 from crnn_jax.errors import DataError
@@ -146,7 +146,7 @@ def _check_unique(songs: list[str]) -> None:
     """One song in two formats (x.au and x.wav) would be two songs that a split can put on both sides."""
     seen: dict[tuple[str, ...], str] = {}
     for s in songs:
-        k = splits.song_key(s)
+        k = split_lists.song_key(s)
         if k in seen:
             raise DataError(f"{seen[k]} and {s} look like one song in two formats (same name, different "
                             f"extension); keep one of them")
