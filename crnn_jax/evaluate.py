@@ -3,6 +3,7 @@
     crnn-jax evaluate --model model.crnn --data /path/to/genres --out eval/      # = python -m crnn_jax.evaluate
     crnn-jax evaluate --workdir runs/crnn-genres-seed0 --data /path/to/genres --split fault-filtered --out eval/
     crnn-jax evaluate --model model.crnn --data new_songs/ --part all --out eval-new/
+    crnn-jax evaluate --workdir runs/a --workdir runs/b --out eval-ab/        # two runs as one ensemble
 
 A song is scored as training's test pass scores it (crnn_jax/training/evaluator.py); the work is
 crnn_jax/inference/evaluation.py. `--out` receives results.json and confusion.png; the model's workdir is
@@ -23,7 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cmdline.Parser("crnn-jax evaluate", __doc__.split("\n")[0].split(": ", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="FILE", help="a model file written by `crnn-jax export`")
-    src.add_argument("--workdir", metavar="RUN", help="a training workdir (its tested checkpoint: best/ when the run tests the best one, else the newest)")
+    src.add_argument("--workdir", metavar="RUN", action="append",
+                     help="a training workdir (its tested checkpoint: best/ when the run tests the best one, else the "
+                          "newest); give it several times to score an ensemble (each song: the members' mean "
+                          "log-probability; data and split are the first one's)")
     p.add_argument("--data", default=None,
                    help="a folder of genre sub-folders, 'synthetic' or 'tfds:gtzan' (default: the model's own data)")
     p.add_argument("--split", default=None,

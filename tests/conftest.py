@@ -16,6 +16,7 @@ compiled train steps of a tiny network (tiny_train). Tests only read them; a tes
 first. (test_cv trains its one k-fold run once per module.)
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,15 @@ def snapshot(directory) -> list[tuple[str, int, int]]:
             st = os.stat(os.path.join(root, name))
             out.append((os.path.relpath(os.path.join(root, name), directory), st.st_size, st.st_mtime_ns))
     return sorted(out)
+
+
+def edit_json(path, **changes) -> None:
+    """Set fields of a JSON object file in place (a copied run's config.json, to make it another model)."""
+    with open(path) as f:
+        d = json.load(f)
+    d.update(changes)
+    with open(path, "w") as f:
+        json.dump(d, f)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from crnn_jax.training import evaluator
 from crnn_jax.training import loop
 from crnn_jax.training import report
 
-from conftest import snapshot
+from conftest import edit_json, snapshot
 
 GENRES = ("four_on_floor", "rising_arpeggio", "fm_bells")
 
@@ -116,17 +116,43 @@ def test_the_runs_evaluation_hop_comes_along(run, tmp_path):
     workdir, trained, _ = run
     wd = str(tmp_path / "run")
     shutil.copytree(workdir, wd)
-    with open(os.path.join(wd, "config.json")) as f:
-        cfg = json.load(f)
-    with open(os.path.join(wd, "config.json"), "w") as f:
-        json.dump({**cfg, "eval_hop_seconds": 0.5}, f)
+    edit_json(os.path.join(wd, "config.json"), eval_hop_seconds=0.5)
     assert eval_lib.main(["--workdir", wd, "--out", str(tmp_path / "eval")]) == 0
     got = load(str(tmp_path / "eval"))
-    half = config_lib.Config.from_dict(cfg).replace(eval_hop_seconds=0.5)
+    with open(os.path.join(wd, "config.json")) as f:
+        half = config_lib.Config.from_dict(json.load(f))
     ds, split = loop.load_data(half)
     w_song, _ = data_lib.eval_windows(ds.lengths, split["test"], crop=half.crop_samples, hop=half.eval_hop_samples)
     assert got["test"]["n_windows"] == len(w_song) > trained["test"]["n_windows"]
     assert got["songs"] == trained["test_songs"]
+
+
+def test_several_workdirs_are_one_ensemble_of_their_mean_log_probability(run, tmp_path, capsys):
+    workdir, trained, _ = run
+    other = str(tmp_path / "other")  # another model: the same run's newest checkpoint instead of its best
+    shutil.copytree(workdir, other)
+    shutil.rmtree(os.path.join(other, "best"))
+    before = snapshot(workdir), snapshot(other)
+    outs = {name: str(tmp_path / name) for name in ("a", "b", "ab")}
+    assert eval_lib.main(["--workdir", workdir, "--out", outs["a"]]) == 0
+    assert eval_lib.main(["--workdir", other, "--out", outs["b"]]) == 0
+    assert eval_lib.main(["--workdir", workdir, "--workdir", other, "--out", outs["ab"]]) == 0
+    a, b, ab = (load(outs[k]) for k in ("a", "b", "ab"))
+    slp = {k: np.array(r["test"]["song_log_probs"]) for k, r in (("a", a), ("b", b), ("ab", ab))}
+    assert not np.allclose(slp["a"], slp["b"])  # two different models
+    np.testing.assert_allclose(slp["ab"], (slp["a"] + slp["b"]) / 2, rtol=1e-6, atol=1e-6)
+    assert ab["test"]["song_predictions"] == slp["ab"].argmax(-1).tolist()  # the argmax of the mean
+    conf, conf_a = np.array(ab["test"]["confusion"]), np.array(a["test"]["confusion"])
+    assert (conf.sum(1) == conf_a.sum(1)).all() and ab["accuracy"] == np.trace(conf) / conf.sum()  # same songs
+    assert ab["model"] == [workdir, other] and ab["songs"] == a["songs"] == trained["test_songs"]
+    assert (snapshot(workdir), snapshot(other)) == before
+    # Members whose windows do not align: one line, nothing written. --out inside any member: refused.
+    edit_json(os.path.join(other, "config.json"), eval_hop_seconds=0.25)
+    assert eval_lib.main(["--workdir", workdir, "--workdir", other, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must agree in their evaluation hop" in err[0] and not os.path.exists(tmp_path / "x")
+    assert eval_lib.main(["--workdir", workdir, "--workdir", other, "--out", os.path.join(other, "e")]) == 2
+    assert f"is inside the training workdir {other}" in capsys.readouterr().err
 
 
 def test_other_parts_and_a_folder_in_another_genre_order(run, music, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import snapshot
+from conftest import edit_json, snapshot
 from crnn_jax.data import dataset as data_lib
 from crnn_jax import model as model_lib
 from crnn_jax import predict as predict_lib
@@ -169,14 +169,6 @@ def test_outputs_that_cannot_be_written_are_one_line_before_any_song(flag, name,
     err = cap.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"crnn_jax.predict: error: {flag}") and message in err[0], err
     assert cap.out == "" and os.listdir(tmp_path) == []
-
-
-def edit_json(path, **changes):
-    with open(path) as f:
-        d = json.load(f)
-    d.update(changes)
-    with open(path, "w") as f:
-        json.dump(d, f)
 
 
 @pytest.mark.parametrize("case,message", [

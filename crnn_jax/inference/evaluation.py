@@ -27,11 +27,12 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_out(out: str, workdir: str | None, model: str | None) -> None:
-    """Refuse an --out that would write into the training workdir or over anything that is not ours."""
-    if workdir and _inside(out, workdir):
-        raise ConfigError(f"--out {out} is inside the training workdir {workdir}; evaluation never writes "
-                          "there: name another folder")
+def check_out(out: str, workdirs: list[str], model: str | None) -> None:
+    """Refuse an --out that would write into a training workdir or over anything that is not ours."""
+    for workdir in workdirs:
+        if _inside(out, workdir):
+            raise ConfigError(f"--out {out} is inside the training workdir {workdir}; evaluation never writes "
+                              "there: name another folder")
     if model and os.path.realpath(out) == os.path.realpath(model):
         raise ConfigError(f"--out {out} is the model file; name a folder")
     if os.path.exists(out) and not os.path.isdir(out):
@@ -54,13 +55,16 @@ def _changes(trained, changes: dict) -> dict:
     return {**changes, "split": split, "test_data": ""}
 
 
-def run(*, out: str, model: str | None = None, workdir: str | None = None, part: str = "test",
+def run(*, out: str, model: str | None = None, workdir: str | list[str] | None = None, part: str = "test",
         changes: dict | None = None, log=print) -> dict:
-    """Score the model of `model` (a file) or `workdir` on the `part` of its data and split (with config
-    `changes`: data, split, fold, group_by, cache_dir), write results.json and confusion.png into `out`
-    -> the results dict."""
-    check_out(out, workdir, model)
-    predictor = predictor_lib.Predictor.from_file(model) if model else predictor_lib.load_model(workdir)
+    """Score the model of `model` (a file) or `workdir` (several: an ensemble, each song scored by the
+    members' mean log-probability, as predict does) on the `part` of its data and split (the first member's;
+    with config `changes`: data, split, fold, group_by, cache_dir), write results.json and confusion.png into
+    `out` -> the results dict."""
+    workdirs = [workdir] if isinstance(workdir, str) else list(workdir or [])
+    check_out(out, workdirs, model)
+    predictor = predictor_lib.Predictor.from_file(model) if model else predictor_lib.load_models(workdirs)
+    members = getattr(predictor, "members", [predictor])  # an Ensemble has checked that its members agree
     cfg = predictor.cfg.replace(**_changes(predictor.cfg, dict(changes or {})))
     runs_test_data = part == "test" and bool(cfg.test_data)  # trained with --split all --test-data X, scored as run
     data = cfg.test_data if runs_test_data else cfg.data
@@ -79,17 +83,19 @@ def run(*, out: str, model: str | None = None, workdir: str | None = None, part:
         raise DataError(f"the {part} part of split {cfg.split!r} of {cfg.data} holds no songs; "
                         "choose another --part or --split")
     what = "--test-data of the run" if runs_test_data else f"{part} part of split {cfg.split}"
-    log(f"evaluate: {model or workdir} on {data} ({what}: {len(songs)} songs)")
-    ev = score(cfg, predictor.state, ds, songs)
-    results = {"model": model or workdir, "data": data, "split": cfg.split, "fold": cfg.fold,
+    source = model or " + ".join(workdirs)
+    log(f"evaluate: {source} on {data} ({what}: {len(songs)} songs)")
+    ev = score([(m.cfg, m.state) for m in members], ds, songs)  # each member's network, crop and hop
+    results = {"model": model or (workdirs[0] if len(workdirs) == 1 else workdirs), "data": data, "split": cfg.split, "fold": cfg.fold,
                "grouping": splits.describe(cfg),
                "part": part, "accuracy": ev["accuracy"], "window_accuracy": ev["window_accuracy"],
                "n_songs": ev["n_songs"], "class_names": list(ds.class_names),
                "songs": [ds.names[i] for i in songs], part: ev}
     os.makedirs(out, exist_ok=True)
     files.write_json(os.path.join(out, "results.json"), results)
+    name = cfg.model.upper() + (f" x {len(members)}" if len(members) > 1 else "")
     report.plot_confusion(np.array(ev["confusion"]), ds.class_names, os.path.join(out, "confusion.png"),
-                          f"{cfg.model.upper()} {part} songs: accuracy {ev['accuracy']:.3f} "
+                          f"{name} {part} songs: accuracy {ev['accuracy']:.3f} "
                           f"(n={ev['n_songs']})")
     log(f"accuracy {ev['accuracy']:.4f} by song ({ev['n_songs']} songs), {ev['window_accuracy']:.4f} by window; "
         f"results in {out}")

@@ -75,7 +75,8 @@ class Evaluator:
         p_eval = steps_lib.parallel(steps_lib.make_eval_step(net, head=cfg.head, gather=True), state_out=False)
         return cls(cfg, ds, p_eval, n_devices, local)
 
-    def __call__(self, state, songs: np.ndarray) -> dict:
+    def window_log_probs(self, state, songs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every evaluation window of `songs` -> (log-probabilities [W, C], window song ids [W])."""
         cfg, ds = self.cfg, self.ds
         w_song, w_off = data_lib.eval_windows(ds.lengths, songs, crop=cfg.crop_samples, hop=cfg.eval_hop_samples)
         out = []
@@ -86,14 +87,26 @@ class Evaluator:
                      "gains": steps_lib.shard(np.ones(len(s), np.float32), self.n_local)}
             logp = np.asarray(self.p_eval(state, batch))[0]  # first local device's copy: [devices, per_device, classes]
             out.append(logp.reshape(-1, logp.shape[-1])[:n])  # [windows, classes]
-        return report.evaluate_scores(np.concatenate(out), w_song, songs, ds.labels, ds.class_names, cfg.head)
+        return np.concatenate(out), w_song
+
+    def __call__(self, state, songs: np.ndarray) -> dict:
+        logp, w_song = self.window_log_probs(state, songs)
+        return report.evaluate_scores(logp, w_song, songs, self.ds.labels, self.ds.class_names, self.cfg.head)
 
 
-def score(cfg: Config, state, ds: data_lib.Dataset, songs: np.ndarray) -> dict:
-    """A trained state (params, batch_stats) scored on `songs` of `ds` with every device of this (single)
-    process, exactly as train() scores its test split -> report.evaluate_scores dict."""
-    net = model_lib.build_model(cfg, len(ds.class_names), axis_name=steps_lib.AXIS)
-    return Evaluator.for_training(cfg, ds, net, jax.device_count())(steps_lib.place_state(state), songs)
+def score(members: list[tuple[Config, object]], ds: data_lib.Dataset, songs: np.ndarray) -> dict:
+    """Trained states scored on `songs` of `ds` with every device of this (single) process, exactly as
+    train() scores its test split -> report.evaluate_scores dict. members: [(run config, state with params
+    and batch_stats)]; several are an ensemble: each window's log-probabilities averaged over the members
+    (as inference.predictor.Ensemble does; they must share head, crop and evaluation hop, which it checks)."""
+    logps = []
+    for cfg, state in members:
+        net = model_lib.build_model(cfg, len(ds.class_names), axis_name=steps_lib.AXIS)
+        ev = Evaluator.for_training(cfg, ds, net, jax.device_count())
+        logp, w_song = ev.window_log_probs(steps_lib.place_state(state), songs)
+        logps.append(logp)
+    mean = logps[0] if len(logps) == 1 else np.mean([lp.astype(np.float64) for lp in logps], axis=0)
+    return report.evaluate_scores(mean, w_song, songs, ds.labels, ds.class_names, members[0][0].head)
 
 
 def relabel(ds: data_lib.Dataset, class_names: tuple[str, ...]) -> data_lib.Dataset:
