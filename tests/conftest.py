@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 SMOKE = os.path.join(ROOT, "experiments", "smoke.py")  # 6 steps, a checkpoint every 2 (4 and 6 kept)
 # experiments/*.py that are scripts, not presets (every other file there is a preset the preset tests load).
-EXPERIMENT_SCRIPTS = ("baseline_mfcc_svm.py", "new_artist_summary.py", "through_16k.py")
+EXPERIMENT_SCRIPTS = ("baseline_mfcc_svm.py", "new_artist_summary.py", "through_16k.py", "tta_lowpass.py")
 # The 2-device run: 8 steps without dropout (a device's dropout masks are its own), a checkpoint every 4 so
 # that test_distributed can kill a run after its first checkpoint and before its end.
 TWO_DEVICE_ARGS = ["--config", SMOKE, "--dropout", "0", "--max-steps", "8", "--log-every", "1",

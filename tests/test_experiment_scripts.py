@@ -1,11 +1,14 @@
 """experiments/new_artist_summary.py: a new-artist row from stored results (mean +- std, pooled recall, the
-runs as one ensemble of their mean song log-probabilities)."""
+runs as one ensemble of their mean song log-probabilities); experiments/tta_lowpass.py: its plain view is the
+run's own test pass."""
 
 import importlib.util
 import json
 import os
 
 import numpy as np
+
+from crnn_jax.training import report
 
 from conftest import ROOT
 
@@ -38,3 +41,15 @@ def test_new_artist_summary_pools_recall_and_ensembles_by_mean_log_probability(t
     assert "0.667 +- 0.000 (0.667, 0.667)" in out
     assert "per-genre recall, pooled: a 1.00, b 0.50, c 0.50" in out
     assert "the 2 runs as one ensemble: 1.000" in out
+
+
+def test_tta_lowpass_plain_view_is_the_runs_test_pass_and_a_nyquist_cutoff_changes_nothing(smoke_record):
+    workdir, trained = smoke_record.workdir, smoke_record.results
+    with open(os.path.join(workdir, "config.json")) as f:
+        nyquist = json.load(f)["sample_rate"] / 2
+    logp, w_song, songs, labels, names, head = _script("tta_lowpass").window_log_probs(workdir, None, (nyquist, 1000.0))
+    assert logp.shape == (3, trained["test"]["n_windows"], len(names)) and len(w_song) == logp.shape[1]
+    ev = report.evaluate_scores(logp[0], w_song, songs, labels, names, head)
+    np.testing.assert_allclose(ev["song_log_probs"], trained["test"]["song_log_probs"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logp[1], logp[0], atol=1e-4)  # the low-pass at the Nyquist frequency: a no-op
+    assert np.abs(logp[2] - logp[0]).max() > 1e-2  # 1 kHz: another input
