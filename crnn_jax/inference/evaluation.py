@@ -86,8 +86,8 @@ def run(*, out: str, model: str | None = None, workdir: str | list[str] | None =
     source = model or " + ".join(workdirs)
     log(f"evaluate: {source} on {data} ({what}: {len(songs)} songs)")
     ev = score([(m.cfg, m.state) for m in members], ds, songs)  # each member's network, crop and hop
-    results = {"model": model or (workdirs[0] if len(workdirs) == 1 else workdirs), "data": data, "split": cfg.split, "fold": cfg.fold,
-               "grouping": splits.describe(cfg),
+    results = {"model": model or (workdirs[0] if len(workdirs) == 1 else workdirs), "data": data,
+               "split": cfg.split, "fold": cfg.fold, "grouping": splits.describe(cfg),
                "part": part, "accuracy": ev["accuracy"], "window_accuracy": ev["window_accuracy"],
                "n_songs": ev["n_songs"], "class_names": list(ds.class_names),
                "songs": [ds.names[i] for i in songs], part: ev}
