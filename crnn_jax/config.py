@@ -114,7 +114,9 @@ class RunConfig:
     # Ensemble member: 0 trains with `seed` itself; m > 0 with another initialisation, crop, dropout and
     # augmentation stream (train_seed) on the very same split (the split stays a function of `seed`).
     member: int = 0
-    ensemble: int = 1  # crnn_jax.cv: members 0..ensemble-1 per fold, scored by their mean song log-probability
+    # Networks of an ensemble: members 0..ensemble-1 (Config.members), each song scored by their mean song
+    # log-probability; crnn-jax train trains WORKDIR, WORKDIR-m1, ...; crnn_jax.cv does so per fold.
+    ensemble: int = 1
     crop_seconds: float = 3.0  # training/eval window, s
     eval_hop_seconds: float | None = None  # hop between eval windows, s; None = crop_seconds
     workdir: str = ""  # "" = runs/<model>-<data>-seed<seed> (+ -m<member> for member > 0)
@@ -206,6 +208,15 @@ class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, Data
             return self.workdir
         name = f"{self.model}-{self.data_name()}-seed{self.seed}"
         return os.path.join("runs", name + (f"-m{self.member}" if self.member else ""))
+
+    def members(self) -> list["Config"]:
+        """The runs of an ensemble: `ensemble` configs of one network each (ensemble=1), member m with its own
+        train_seed and workdir WORKDIR-m<m> (member 0: this config's workdir); [self] for a single network."""
+        if self.ensemble == 1:
+            return [self]
+        first = self.replace(ensemble=1)
+        base = first.resolved_workdir()
+        return [first] + [first.replace(member=m, workdir=f"{base}-m{m}") for m in range(1, self.ensemble)]
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

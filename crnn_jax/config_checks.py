@@ -78,6 +78,8 @@ def check(c) -> None:
     need(isinstance(c.member, int) and c.member >= 0, f"member must be an integer >= 0, got {c.member!r}")
     need(isinstance(c.ensemble, int) and c.ensemble >= 1,
          f"ensemble must be an integer >= 1, got {c.ensemble!r}")
+    need(c.ensemble == 1 or c.member == 0, f"ensemble={c.ensemble} trains members 0..{c.ensemble - 1} itself; "
+         f"leave member={c.member} out (or give member alone, with ensemble=1, for one member's run)")
     need(c.warmup_steps >= 0, f"warmup_steps must be >= 0, got {c.warmup_steps}")
     for name in ("spec_time_masks", "spec_time_mask_frames", "spec_freq_masks", "spec_freq_mask_bins"):
         need(isinstance(getattr(c, name), int) and getattr(c, name) >= 0,

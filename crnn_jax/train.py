@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
         dist.initialize(dist.launch_of(args))  # before any other JAX call, jax.default_backend() included
         args.cfg = cmdline.config_of(args, jax.default_backend)
-        loop.train(args.cfg)
+        loop.train_members(args.cfg)  # one network, or each of an ensemble (--set ensemble=M)
 
     cfg_of = lambda args: getattr(args, "cfg", None)  # noqa: E731  (None until the flags made a Config)
     return cmdline.run(PROG, lambda: parse_args(argv), work, places=lambda args: workdir_lib.places(cfg_of(args)),

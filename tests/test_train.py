@@ -303,3 +303,43 @@ def test_early_stop_resumes_to_the_same_step(tmp_path):
     rerun = loop.train(cfg, log=lambda *_: None)
     assert rerun["resumed_from"] == stop and rerun["stopped_early_at"] == stop
     assert metrics(cfg.workdir) == metrics(broken.workdir)
+
+
+def test_an_ensemble_is_its_members_runs_and_their_workdirs():
+    base = config_lib.load_preset(SMOKE).replace(workdir="runs/x", ensemble=3)
+    members = base.members()
+    assert [(c.member, c.ensemble, c.workdir) for c in members] == \
+        [(0, 1, "runs/x"), (1, 1, "runs/x-m1"), (2, 1, "runs/x-m2")]
+    assert members[0] == base.replace(ensemble=1)  # member 0 is the single run, exactly
+    assert len({c.train_seed for c in members}) == 3 and len({c.seed for c in members}) == 1  # one split
+    default = base.replace(workdir="", data="synthetic", ensemble=2).members()
+    assert [c.resolved_workdir() for c in default] == [os.path.join("runs", "crnn-synthetic-seed0"),
+                                                       os.path.join("runs", "crnn-synthetic-seed0-m1")]
+    assert base.replace(ensemble=1).members() == [base.replace(ensemble=1)]
+    with pytest.raises(errors.ConfigError, match=r"^ensemble=2 trains members 0..1 itself; leave member=1 out"):
+        base.replace(ensemble=2, member=1)
+
+
+@pytest.mark.slow  # trains a second network
+def test_train_with_an_ensemble_trains_each_member_and_scores_their_mean(smoke_record, tmp_path, capsys):
+    wd = str(tmp_path / "ens")
+    args = ["--config", SMOKE, "--set", "ensemble=2", "--workdir", wd]
+    assert train_lib.main(args) == 0
+    out = capsys.readouterr().out
+    r0, r1 = (json.load(open(os.path.join(w, "results.json"))) for w in (wd, wd + "-m1"))
+    c0, c1 = (json.load(open(os.path.join(w, "config.json"))) for w in (wd, wd + "-m1"))
+    assert (c0["member"], c0["ensemble"], c1["member"], c1["ensemble"]) == (0, 1, 1, 1)
+    # Member 0 is the session's single smoke run, bit for bit; member 1 another network on the same songs.
+    assert r0["test"] == json.loads(json.dumps(smoke_record.results["test"]))
+    assert r1["test_songs"] == r0["test_songs"] and r1["test"]["song_log_probs"] != r0["test"]["song_log_probs"]
+    ds, split = loop.load_data(smoke_record.cfg)
+    assert r0["test"]["song_labels"] == ds.labels[split["test"]].tolist()
+    mean = (np.array(r0["test"]["song_log_probs"]) + np.array(r1["test"]["song_log_probs"])) / 2
+    acc = float(np.mean(mean.argmax(-1) == ds.labels[split["test"]]))  # the oracle
+    line = f"ensemble of 2: test accuracy {acc:.4f} by song (members alone: {r0['test_accuracy']:.4f}, " \
+           f"{r1['test_accuracy']:.4f}); predict or evaluate with --workdir {wd} --workdir {wd}-m1"
+    assert line in out.splitlines()
+    # Again: both members are finished runs; the same line, nothing retrained.
+    assert train_lib.main(args) == 0
+    again = capsys.readouterr().out
+    assert line in again.splitlines() and again.count("resumed from checkpoint at step 6") == 2

@@ -104,11 +104,9 @@ def ensemble_scores(members: list[tuple[Config, dict]], ds: data_lib.Dataset, te
     """The fold's ensemble: each test song's log-probabilities averaged over the members (each already
     the mean over the song's windows), argmax -> the row's accuracy and confusion; the members' own
     accuracies beside them, so the summary shows what averaging added."""
-    slp = np.mean([member_song_log_probs(rc, res, ds, test) for rc, res in members], axis=0)
-    labels, pred = ds.labels[test], slp.argmax(-1)
-    return {"accuracy": float((pred == labels).mean()), "correct": [bool(x) for x in pred == labels],
-            "confusion": report.confusion(labels, pred, len(ds.class_names)).tolist(),
-            "member_accuracies": [res["test_accuracy"] for _, res in members],
+    scores = report.ensemble_scores([member_song_log_probs(rc, res, ds, test) for rc, res in members],
+                                    ds.labels[test], len(ds.class_names))
+    return {**scores, "member_accuracies": [res["test_accuracy"] for _, res in members],
             "member_workdirs": [rc.workdir for rc, _ in members]}
 
 

@@ -190,3 +190,20 @@ def intervals(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
 
 
 __all__ = ["Diverged", "TARGET_ACCURACY", "intervals", "load_data", "prepare", "train"]
+
+
+def train_members(cfg: Config, *, log=print) -> list[dict]:
+    """Train (or resume) every network of `cfg` (Config.members: one, or an ensemble's), each as train() does
+    -> their results dicts. For an ensemble, one more line: its test accuracy (each test song's mean
+    log-probability over the members, report.ensemble_scores) beside each member's, and how to use it."""
+    members = cfg.members()
+    results = [train(c, log=log) for c in members]
+    if len(results) > 1 and dist.is_primary():
+        ens = report.ensemble_scores([r["test"]["song_log_probs"] for r in results],
+                                     np.asarray(results[0]["test"]["song_labels"]), len(results[0]["class_names"]))
+        workdirs = " ".join(f"--workdir {c.resolved_workdir()}" for c in members)
+        alone = ", ".join(f"{r['test_accuracy']:.4f}" for r in results)
+        log(f"ensemble of {len(results)}: test accuracy {ens['accuracy']:.4f} by song (members alone: {alone}); "
+            f"predict or evaluate with {workdirs}")
+    return results
+

@@ -83,7 +83,16 @@ def evaluate_scores(window_logp: np.ndarray, window_song: np.ndarray, songs: np.
         "n_windows": int(len(window_song)),
         "song_predictions": s_pred.tolist(),
         "song_log_probs": slp.tolist(),  # [S, C] mean window log-probability: what an ensemble averages
+        "song_labels": s_labels.tolist(),  # [S] the true genre of each song, in the model's genre order
     }
+
+
+def ensemble_scores(song_log_probs: Sequence[np.ndarray], labels: np.ndarray, n_classes: int) -> dict:
+    """Several networks' song scores as one ensemble: song_log_probs, one [S, C] per member (each the mean
+    over a song's windows), averaged; argmax against labels [S] -> accuracy, correct [S], confusion."""
+    pred = np.mean([np.asarray(x, np.float64) for x in song_log_probs], axis=0).argmax(-1)
+    return {"accuracy": float((pred == labels).mean()), "correct": [bool(x) for x in pred == labels],
+            "confusion": confusion(labels, pred, n_classes).tolist()}
 
 
 def write_run_report(workdir: str, cfg, class_names: Sequence[str], results: dict, metrics_path: str) -> None:
