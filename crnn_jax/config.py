@@ -119,7 +119,7 @@ class RunConfig:
     ensemble: int = 1
     crop_seconds: float = 3.0  # training/eval window, s
     eval_hop_seconds: float | None = None  # hop between eval windows, s; None = crop_seconds
-    workdir: str = ""  # "" = runs/<model>-<data>-seed<seed> (+ -m<member> for member > 0)
+    workdir: str = ""  # "" = runs/<model>-<data>-seed<seed> (+ -m<member> for member > 0); ensemble: WORKDIR-m<m>
     log_every: int = 20  # steps between train-metric lines
     eval_every: int = 0  # steps between validation passes; 0 = once per epoch
     checkpoint_every: int = 200  # steps between checkpoints (and always at the end)
@@ -215,7 +215,10 @@ class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, Data
         if self.ensemble == 1:
             return [self]
         first = self.replace(ensemble=1)
-        base = first.resolved_workdir()
+        base = os.path.normpath(first.resolved_workdir())  # "runs/x/" -> "runs/x": members beside it, not inside
+        if os.path.basename(base) in ("", ".", ".."):
+            raise ConfigError(f"--workdir {first.workdir} names no folder of its own for member 0; an ensemble "
+                              f"puts member m beside it as WORKDIR-m<m>: give a named folder, e.g. runs/ensemble")
         return [first] + [first.replace(member=m, workdir=f"{base}-m{m}") for m in range(1, self.ensemble)]
 
     def replace(self, **changes: Any) -> "Config":

@@ -23,7 +23,8 @@ PROG = "crnn_jax.evaluate"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cmdline.Parser("crnn-jax evaluate", __doc__.split("\n")[0].split(": ", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="FILE", help="a model file written by `crnn-jax export`")
+    src.add_argument("--model", metavar="FILE",
+                     help="a model file written by `crnn-jax export` (one; an ensemble is several --workdir)")
     src.add_argument("--workdir", metavar="RUN", action="append",
                      help="a training workdir (its tested checkpoint: best/ when the run tests the best one, else the "
                           "newest); give it several times to score an ensemble (each song: the members' mean "

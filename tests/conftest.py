@@ -69,6 +69,11 @@ def snapshot(directory) -> list[tuple[str, int, int]]:
     return sorted(out)
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def edit_json(path, **changes) -> None:
     """Set fields of a JSON object file in place (a copied run's config.json, to make it another model)."""
     with open(path) as f:

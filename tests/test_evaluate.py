@@ -18,7 +18,7 @@ from crnn_jax.training import evaluator
 from crnn_jax.training import loop
 from crnn_jax.training import report
 
-from conftest import edit_json, snapshot
+from conftest import edit_json, read_json, snapshot
 
 GENRES = ("four_on_floor", "rising_arpeggio", "fm_bells")
 
@@ -144,15 +144,24 @@ def test_several_workdirs_are_one_ensemble_of_their_mean_log_probability(run, tm
     assert ab["test"]["song_predictions"] == slp["ab"].argmax(-1).tolist()  # the argmax of the mean
     conf, conf_a = np.array(ab["test"]["confusion"]), np.array(a["test"]["confusion"])
     assert (conf.sum(1) == conf_a.sum(1)).all() and ab["accuracy"] == np.trace(conf) / conf.sum()  # same songs
-    assert ab["model"] == [workdir, other] and ab["songs"] == a["songs"] == trained["test_songs"]
+    assert ab["members"] == [workdir, other] and ab["songs"] == a["songs"] == trained["test_songs"]
     assert (snapshot(workdir), snapshot(other)) == before
     # Members whose windows do not align: one line, nothing written. --out inside any member: refused.
+    trained_hop = read_json(os.path.join(other, "config.json"))["eval_hop_seconds"]
     edit_json(os.path.join(other, "config.json"), eval_hop_seconds=0.25)
     assert eval_lib.main(["--workdir", workdir, "--workdir", other, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "must agree in their evaluation hop" in err[0] and not os.path.exists(tmp_path / "x")
     assert eval_lib.main(["--workdir", workdir, "--workdir", other, "--out", os.path.join(other, "e")]) == 2
     assert f"is inside the training workdir {other}" in capsys.readouterr().err
+    # A member trained on songs of the split scored (another seed: another split) would inflate it: refused.
+    edit_json(os.path.join(other, "config.json"), eval_hop_seconds=trained_hop)
+    split = read_json(os.path.join(other, "split.json"))
+    edit_json(os.path.join(other, "split.json"), train=split["train"] + split["test"][:2], test=split["test"][2:])
+    assert eval_lib.main(["--workdir", workdir, "--workdir", other, "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--workdir {other} trained on 2 of the {len(ab['songs'])} songs" in err[0]
+    assert not os.path.exists(tmp_path / "y")
 
 
 def test_other_parts_and_a_folder_in_another_genre_order(run, music, tmp_path):

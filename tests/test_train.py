@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMOKE, TWO_DEVICE_ARGS
+from conftest import ROOT, SMOKE, TWO_DEVICE_ARGS, read_json
 from crnn_jax import config as config_lib
 from crnn_jax import errors
 from crnn_jax import train as train_lib
@@ -316,6 +316,9 @@ def test_an_ensemble_is_its_members_runs_and_their_workdirs():
     assert [c.resolved_workdir() for c in default] == [os.path.join("runs", "crnn-synthetic-seed0"),
                                                        os.path.join("runs", "crnn-synthetic-seed0-m1")]
     assert base.replace(ensemble=1).members() == [base.replace(ensemble=1)]
+    assert [c.workdir for c in base.replace(workdir="runs/x/", ensemble=2).members()] == ["runs/x/", "runs/x-m1"]
+    with pytest.raises(errors.ConfigError, match=r"^--workdir \. names no folder of its own for member 0"):
+        base.replace(workdir=".", ensemble=2).members()
     with pytest.raises(errors.ConfigError, match=r"^ensemble=2 trains members 0..1 itself; leave member=1 out"):
         base.replace(ensemble=2, member=1)
 
@@ -326,8 +329,8 @@ def test_train_with_an_ensemble_trains_each_member_and_scores_their_mean(smoke_r
     args = ["--config", SMOKE, "--set", "ensemble=2", "--workdir", wd]
     assert train_lib.main(args) == 0
     out = capsys.readouterr().out
-    r0, r1 = (json.load(open(os.path.join(w, "results.json"))) for w in (wd, wd + "-m1"))
-    c0, c1 = (json.load(open(os.path.join(w, "config.json"))) for w in (wd, wd + "-m1"))
+    r0, r1 = (read_json(os.path.join(w, "results.json")) for w in (wd, wd + "-m1"))
+    c0, c1 = (read_json(os.path.join(w, "config.json")) for w in (wd, wd + "-m1"))
     assert (c0["member"], c0["ensemble"], c1["member"], c1["ensemble"]) == (0, 1, 1, 1)
     # Member 0 is the session's single smoke run, bit for bit; member 1 another network on the same songs.
     assert r0["test"] == json.loads(json.dumps(smoke_record.results["test"]))

@@ -55,6 +55,19 @@ def _changes(trained, changes: dict) -> dict:
     return {**changes, "split": split, "test_data": ""}
 
 
+def _refuse_members_trained_on(workdirs: list[str], names: list[str], what: str) -> None:
+    """An ensemble is scored on the first member's split: refuse when another member trained (or validated)
+    on any of those songs (its split.json), which would inflate the score."""
+    for w in workdirs[1:]:
+        seen = files.read_json(os.path.join(w, "split.json")) or {}
+        used = set(seen.get("train", [])) | set(seen.get("valid", []))
+        n = sum(name in used for name in names)
+        if n:
+            raise ConfigError(f"--workdir {w} trained on {n} of the {len(names)} songs of the {what} (its split "
+                              f"differs: another --seed, --fold or data?); an ensemble's members must share "
+                              f"one split")
+
+
 def run(*, out: str, model: str | None = None, workdir: str | list[str] | None = None, part: str = "test",
         changes: dict | None = None, log=print) -> dict:
     """Score the model of `model` (a file) or `workdir` (several: an ensemble, each song scored by the
@@ -83,17 +96,20 @@ def run(*, out: str, model: str | None = None, workdir: str | list[str] | None =
         raise DataError(f"the {part} part of split {cfg.split!r} of {cfg.data} holds no songs; "
                         "choose another --part or --split")
     what = "--test-data of the run" if runs_test_data else f"{part} part of split {cfg.split}"
+    if len(workdirs) > 1 and part_of != "all":
+        _refuse_members_trained_on(workdirs, [ds.names[i] for i in songs], what)
     source = model or " + ".join(workdirs)
     log(f"evaluate: {source} on {data} ({what}: {len(songs)} songs)")
     ev = score([(m.cfg, m.state) for m in members], ds, songs)  # each member's network, crop and hop
-    results = {"model": model or (workdirs[0] if len(workdirs) == 1 else workdirs), "data": data,
+    results = {"model": source, **({"members": workdirs} if len(workdirs) > 1 else {}), "data": data,
                "split": cfg.split, "fold": cfg.fold, "grouping": splits.describe(cfg),
                "part": part, "accuracy": ev["accuracy"], "window_accuracy": ev["window_accuracy"],
                "n_songs": ev["n_songs"], "class_names": list(ds.class_names),
                "songs": [ds.names[i] for i in songs], part: ev}
     os.makedirs(out, exist_ok=True)
     files.write_json(os.path.join(out, "results.json"), results)
-    name = cfg.model.upper() + (f" x {len(members)}" if len(members) > 1 else "")
+    kinds = [m.cfg.model.upper() for m in members]
+    name = " + ".join(kinds) if len(set(kinds)) > 1 else kinds[0] + (f" x {len(kinds)}" if len(kinds) > 1 else "")
     report.plot_confusion(np.array(ev["confusion"]), ds.class_names, os.path.join(out, "confusion.png"),
                           f"{name} {part} songs: accuracy {ev['accuracy']:.3f} "
                           f"(n={ev['n_songs']})")

@@ -1,6 +1,7 @@
 """The training loop: data -> model -> pure pmapped steps -> validation, checkpoints and the run log -> test.
 
-    results = train(cfg)        # what `python -m crnn_jax.train` runs; the results dict is also results.json
+    results = train(cfg)        # one network; the results dict is also results.json
+    train_members(cfg)          # what `python -m crnn_jax.train` runs: train() for each network of an ensemble
 
 Read top to bottom like flax's examples/imagenet/train.py: set up (data, network, optimiser, state, resume),
 then the loop (one device call of K steps, log, validate, checkpoint), then the test pass and the report.
@@ -189,14 +190,13 @@ def intervals(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
     return cfg.eval_every or steps_per_epoch, -(-cfg.checkpoint_every // cfg.log_every) * cfg.log_every
 
 
-__all__ = ["Diverged", "TARGET_ACCURACY", "intervals", "load_data", "prepare", "train"]
-
-
 def train_members(cfg: Config, *, log=print) -> list[dict]:
     """Train (or resume) every network of `cfg` (Config.members: one, or an ensemble's), each as train() does
     -> their results dicts. For an ensemble, one more line: its test accuracy (each test song's mean
     log-probability over the members, report.ensemble_scores) beside each member's, and how to use it."""
     members = cfg.members()
+    for c in members[1:]:  # a member's workdir that cannot be used: said now, not after member 0's training
+        workdir_lib.check(c.resolved_workdir(), c, log=lambda *_: None)
     results = [train(c, log=log) for c in members]
     if len(results) > 1 and dist.is_primary():
         ens = report.ensemble_scores([r["test"]["song_log_probs"] for r in results],
@@ -207,3 +207,5 @@ def train_members(cfg: Config, *, log=print) -> list[dict]:
             f"predict or evaluate with {workdirs}")
     return results
 
+
+__all__ = ["Diverged", "TARGET_ACCURACY", "intervals", "load_data", "prepare", "train", "train_members"]
