@@ -9,8 +9,10 @@ Exit statuses: 0 done; 1 the machine failed (out of memory, disk full, no permis
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from crnn_jax import config as config_lib
 from crnn_jax.config import Config
@@ -155,8 +157,60 @@ def config_of(args: argparse.Namespace, backend: Callable[[], str], *, owned: di
     base = config_lib.load_preset(args.config) if args.config else config_lib.default_config(backend())
     overrides = {f: getattr(args, f) for f, _ in FLAGS.values() if getattr(args, f, None) is not None}
     for text in args.set_fields:
-        field, value = config_lib.parse_override(text)
+        field, value = parse_override(text)
         if field in owned:
             raise ConfigError(f"--set {field}: the driver sets {field} itself (use {owned[field]})")
         overrides[field] = value
     return base.replace(**overrides)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """One `--set field=value` -> (field, value), the value parsed by the Config field's type: int, float,
+    str, bool (true/false/1/0/yes/no), tuples as comma lists ("" = empty), "None" where the field allows it.
+    Works for every field of Config, whoever added it. ConfigError (one line) for an unknown field or a bad value."""
+    import difflib
+    import typing
+
+    name, eq, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    hints = typing.get_type_hints(Config)
+    if not eq or not name:
+        raise ConfigError(f"--set {text!r}: write field=value, e.g. --set n_mels=64")
+    if name not in hints:
+        close = difflib.get_close_matches(name, list(hints), n=1)
+        raise ConfigError(f"--set {text!r}: Config has no field {name!r}"
+                          + (f" (did you mean {close[0]}?)" if close else f"; fields: {', '.join(hints)}"))
+    try:
+        return name, _parse_typed(raw.strip(), hints[name])
+    except (TypeError, ValueError):
+        raise ConfigError(f"--set {text!r}: {raw.strip()!r} is not a valid {_type_name(hints[name])} "
+                          f"for {name}") from None
+
+
+def _parse_typed(raw: str, typ: Any) -> Any:
+    import types
+    import typing
+
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # X | None
+        if type(None) in args and raw.lower() in ("none", "null"):
+            return None
+        (typ,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(typ)
+    if typing.get_origin(typ) is tuple:
+        return tuple(_parse_typed(v.strip(), args[0]) for v in raw.strip("()[]").split(",") if v.strip())
+    if typ is bool:
+        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if raw.lower() not in words:
+            raise ValueError(raw)
+        return words[raw.lower()]
+    if typ is float:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
+    return typ(raw)  # int, str
+
+
+def _type_name(typ: Any) -> str:
+    return str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")

@@ -207,7 +207,7 @@ class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, Data
         if self.workdir:
             return self.workdir
         name = f"{self.model}-{self.data_name()}-seed{self.seed}"
-        return os.path.join("runs", name + (f"-m{self.member}" if self.member else ""))
+        return member_workdir(os.path.join("runs", name), self.member)
 
     def members(self) -> list["Config"]:
         """The runs of an ensemble: `ensemble` configs of one network each (ensemble=1), member m with its own
@@ -219,7 +219,7 @@ class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, Data
         if os.path.basename(base) in ("", ".", ".."):
             raise ConfigError(f"--workdir {first.workdir} names no folder of its own for member 0; an ensemble "
                               f"puts member m beside it as WORKDIR-m<m>: give a named folder, e.g. runs/ensemble")
-        return [first] + [first.replace(member=m, workdir=f"{base}-m{m}") for m in range(1, self.ensemble)]
+        return [first] + [first.replace(member=m, workdir=member_workdir(base, m)) for m in range(1, self.ensemble)]
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -236,6 +236,11 @@ class Config(RunConfig, AugmentConfig, OptimConfig, ModelConfig, MelConfig, Data
         # JSON has no tuples: restore them so configs compare equal after a round trip.
         clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**clean)
+
+
+def member_workdir(base: str, member: int) -> str:
+    """Member m's workdir of an ensemble whose member 0 trains in `base`: base itself for m=0, else base-m<m>."""
+    return f"{base}-m{member}" if member else base
 
 
 def load_preset(path: str) -> Config:
@@ -258,58 +263,6 @@ def load_preset(path: str) -> Config:
     if not isinstance(cfg, Config):
         raise ConfigError(f"--config: {path} must define a crnn_jax.config.Config, got {type(cfg).__name__}")
     return cfg
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """One `--set field=value` -> (field, value), the value parsed by the Config field's type: int, float,
-    str, bool (true/false/1/0/yes/no), tuples as comma lists ("" = empty), "None" where the field allows it.
-    Works for every field of Config, whoever added it. ConfigError (one line) for an unknown field or a bad value."""
-    import difflib
-    import typing
-
-    name, eq, raw = text.partition("=")
-    name = name.strip().replace("-", "_")
-    hints = typing.get_type_hints(Config)
-    if not eq or not name:
-        raise ConfigError(f"--set {text!r}: write field=value, e.g. --set n_mels=64")
-    if name not in hints:
-        close = difflib.get_close_matches(name, list(hints), n=1)
-        raise ConfigError(f"--set {text!r}: Config has no field {name!r}"
-                          + (f" (did you mean {close[0]}?)" if close else f"; fields: {', '.join(hints)}"))
-    try:
-        return name, _parse_typed(raw.strip(), hints[name])
-    except (TypeError, ValueError):
-        raise ConfigError(f"--set {text!r}: {raw.strip()!r} is not a valid {_type_name(hints[name])} "
-                          f"for {name}") from None
-
-
-def _parse_typed(raw: str, typ: Any) -> Any:
-    import types
-    import typing
-
-    args = typing.get_args(typ)
-    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # X | None
-        if type(None) in args and raw.lower() in ("none", "null"):
-            return None
-        (typ,) = [a for a in args if a is not type(None)]
-        args = typing.get_args(typ)
-    if typing.get_origin(typ) is tuple:
-        return tuple(_parse_typed(v.strip(), args[0]) for v in raw.strip("()[]").split(",") if v.strip())
-    if typ is bool:
-        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-        if raw.lower() not in words:
-            raise ValueError(raw)
-        return words[raw.lower()]
-    if typ is float:
-        value = float(raw)
-        if not math.isfinite(value):
-            raise ValueError(raw)
-        return value
-    return typ(raw)  # int, str
-
-
-def _type_name(typ: Any) -> str:
-    return str(typ).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def default_config(backend: str) -> Config:

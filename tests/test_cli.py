@@ -152,8 +152,8 @@ def test_set_parses_every_config_field_by_its_type():
     base = Config()
     for f in dataclasses.fields(Config):
         value = getattr(base, f.name)
-        assert config_lib.parse_override(f"{f.name}={text_of(value)}") == (f.name, value), f.name
-    assert config_lib.parse_override("seed=7") == ("seed", 7) and config_lib.parse_override("n-mels=64")[1] == 64
+        assert cmdline.parse_override(f"{f.name}={text_of(value)}") == (f.name, value), f.name
+    assert cmdline.parse_override("seed=7") == ("seed", 7) and cmdline.parse_override("n-mels=64")[1] == 64
 
 
 @pytest.mark.parametrize("text,message", [

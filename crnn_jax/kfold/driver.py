@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from crnn_jax import files
-from crnn_jax.config import Config
+from crnn_jax.config import Config, member_workdir
 from crnn_jax.data import dataset as data_lib
 from crnn_jax.data import splits
 from crnn_jax.errors import DataError
@@ -28,9 +28,8 @@ from crnn_jax.training import workdir as workdir_lib
 def run_config(cfg: Config, out: str, k: int, seed: int, fold: int, member: int = 0) -> Config:
     """The one training run of (seed, fold, member): OUT/seed<s>-fold<i> for member 0, OUT/seed<s>-fold<i>-m<m>
     for the other members of an ensemble (each a single network: ensemble=1 in its config.json)."""
-    name = f"seed{seed}-fold{fold}" + (f"-m{member}" if member else "")
     return cfg.replace(split=f"kfold:{k}", fold=fold, seed=seed, member=member, ensemble=1,
-                       workdir=os.path.join(out, name))
+                       workdir=member_workdir(os.path.join(out, f"seed{seed}-fold{fold}"), member))
 
 
 def finished(cfg: Config) -> dict | None:
