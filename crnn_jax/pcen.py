@@ -43,8 +43,9 @@ def pcen(S: jax.Array, *, sample_rate: int, hop_length: int, gain: float = 0.98,
     b = smoothing_coefficient(time_constant, sample_rate, hop_length)
     # The smoother is a linear recurrence, so it runs as a parallel (associative) scan over time: log2(frames)
     # steps instead of a sequential loop. Element t = (a_t, x_t) means M[t] = a_t * M[t-1] + x_t; M[-1] = 1
-    # (librosa's initial state) folds into x_0 = b S[0] + (1 - b).
-    a = jnp.full_like(S, 1.0 - b)
+    # (librosa's initial state) folds into x_0 = b S[0] + (1 - b). a_t is the same for every band and example:
+    # one [1, ..., frames, 1] column broadcasts in `combine` instead of a second array the size of S.
+    a = jnp.full((1,) * (S.ndim - 2) + (S.shape[-2], 1), 1.0 - b, jnp.float32)
     x = (b * S).at[..., 0, :].add(1.0 - b)
 
     def combine(left, right):
