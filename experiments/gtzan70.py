@@ -22,8 +22,9 @@ gives another run (rows 19-21: up to two songs a fold apart).
 On artists it has never heard, through a 16 kHz recording chain (experiments/new_artists.py: trained on these 70,
 tested on gtzan-53-16k), this preset scores 0.459 +- 0.022 over seeds 0-2, and the same songs of known artists
 lose 0.36 through 16 kHz (fold 0). For other artists or band-limited recordings use experiments/gtzan70_robust.py (this
-recipe + random low-pass on 80 % of the crops + 2,520 steps): 0.503 +- 0.011 there, 0.003 lost through 16 kHz,
-0.800 +- 0.097 on these same-artist folds (seeds 0-4: 26 songs of 350 fewer; experiments/README.md, "New artists").
+recipe + random low-pass on 80 % of the crops + 2,520 steps, two networks): 0.497 +- 0.010 there, 0.009 lost
+through 16 kHz, 0.814 +- 0.080 on these same-artist folds (seeds 0-4: 21 songs of 350 fewer, within one a fold;
+experiments/README.md, "New artists").
 
 Choices (each measured, experiments/README.md): CPU width 32/64/64/64; 3 s crops, evaluation every 1.5 s;
 SpecAugment 2 time masks of up to 16 frames (of ~130) and 2 mel masks of up to 12 bands (of 96), waveform

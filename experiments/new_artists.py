@@ -12,8 +12,8 @@ seeds 0-2 (MFCC+SVM on the same songs 0.358); random low-pass on 80 % of the cro
 0.522 +- 0.058, the front end cut at 8 kHz (--set f_max=8000) 0.522 +- 0.029 (MFCC+SVM with that front end
 0.585); both nearly remove the 16 kHz chain's loss on same-artist songs (0.36 -> 0.03 and 0.01) and cost same-
 artist accuracy on gtzan-70's folds (-6 and -9 songs of 70 on seed 0); with 2,520 steps the low-pass keeps its
-lead and gives two of the six back: experiments/gtzan70_robust.py, tested here by new_artists_robust.py
-(0.503 +- 0.011). `python experiments/new_artist_summary.py
+lead and gives two of the six back, and as two networks five more of 350 over 25 folds:
+experiments/gtzan70_robust.py, tested here by new_artists_robust.py (0.497 +- 0.010; one network 0.503 +- 0.011). `python experiments/new_artist_summary.py
 RUN...` prints a row: mean +- std, per-genre recall pooled over the runs, the runs as one ensemble.
 results.json: test_accuracy (by song over the 53), per-class recall (test.per_class), confusion, test loss.
 The split is "all": every gtzan-70 clip trains (valid_fraction 0, as in gtzan70.py), for the 1,680 steps the

@@ -223,9 +223,10 @@ def test_every_preset_loads_and_says_what_it_is():
     # new artists: the gtzan70 recipe, every gtzan-70 clip training, tested on other artists' clips
     assert cfgs["new_artists"] == cfgs["gtzan70"].replace(split="all", test_data="../shared/data/gtzan-53-16k",
                                                           max_steps=1680)
-    # the recipe for other artists and any recording chain: gtzan70 with the low-pass and 2,520 steps, and its
-    # new-artist harness trains those steps on every gtzan-70 clip
-    assert cfgs["gtzan70_robust"] == cfgs["gtzan70"].replace(lowpass_prob=0.8, epochs=630)
+    # the recipe for other artists and any recording chain: gtzan70 with the low-pass, 2,520 steps and two
+    # networks, and its new-artist harness trains those steps on every gtzan-70 clip
+    assert cfgs["gtzan70_robust"] == cfgs["gtzan70"].replace(lowpass_prob=0.8, epochs=630, ensemble=2)
+    assert [c.workdir for c in cfgs["gtzan70_robust"].replace(workdir="runs/r").members()] == ["runs/r", "runs/r-m1"]
     assert cfgs["gtzan70_robust"].epochs * 4 == 2520  # 56 training songs a fold at batch 16: 4 steps an epoch
     assert cfgs["new_artists_robust"] == cfgs["gtzan70_robust"].replace(
         split="all", test_data="../shared/data/gtzan-53-16k", max_steps=2520)
