@@ -12,6 +12,7 @@ import soundfile as sf
 
 from conftest import edit_json, snapshot
 from crnn_jax.data import dataset as data_lib
+from crnn_jax.errors import ConfigError
 from crnn_jax import model as model_lib
 from crnn_jax import predict as predict_lib
 from crnn_jax.training import report
@@ -402,3 +403,27 @@ def test_several_workdirs_are_one_ensemble_of_their_mean_log_probability(run_dir
     assert predict_lib.main(["--workdir", run_dir, "--workdir", other, songs[1]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "must agree in their evaluation hop" in err[0]
+
+
+def test_an_ensemble_of_a_crnn_and_a_cnn_averages_each_ones_own_forward(predictor):
+    # Members may differ in architecture (each scores windows with its own network); they must cut the same
+    # windows. Untrained weights suffice: the claim is how members' window outputs combine.
+    cfg = predictor.cfg
+    cnn_cfg = cfg.replace(model="cnn")
+    net = model_lib.build_model(cnn_cfg, len(predictor.class_names))
+    cnn = predictor_lib.Predictor(cnn_cfg, predictor.class_names,
+                                  steps_lib.create_state(net, steps_lib.make_optimizer(cnn_cfg, 1),
+                                                         cnn_cfg.crop_samples, seed=1), batch_size=4)
+    x = synth.generate_clip(3, seconds=4.5 * cfg.crop_samples / cfg.sample_rate, sample_rate=cfg.sample_rate,
+                            seed=4, index=0)
+    (a, starts), (b, _) = predictor.window_log_probs(x), cnn.window_log_probs(x)
+    assert cfg.model == "crnn" and a.shape == b.shape and not np.allclose(a, b)
+    ens = predictor_lib.Ensemble([predictor, cnn])
+    got, got_starts = ens.window_log_probs(x)
+    np.testing.assert_allclose(got, (a.astype(np.float64) + b) / 2, rtol=1e-6, atol=1e-6)
+    assert (got_starts == starts).all()
+    # A member cutting other windows (another crop) cannot be averaged window by window: one line.
+    longer = cnn_cfg.replace(crop_seconds=cnn_cfg.crop_seconds * 2)
+    other = predictor_lib.Predictor(longer, predictor.class_names, cnn.state, batch_size=4)
+    with pytest.raises(ConfigError, match="must agree in their crop"):
+        predictor_lib.Ensemble([predictor, other])
