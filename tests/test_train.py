@@ -323,6 +323,34 @@ def test_an_ensemble_is_its_members_runs_and_their_workdirs():
         base.replace(ensemble=2, member=1)
 
 
+def test_a_split_by_song_of_a_folder_ends_with_one_artist_reminder(tmp_path, monkeypatch):
+    # Which runs are reminded: a random or k-fold split by song of a user's folder, not the synthetic set, not
+    # an artist-grouped or artist-filtered split, not a separate test set.
+    folder = str(tmp_path / "genres")
+    base = config_lib.load_preset(SMOKE).replace(data=folder, split="random", workdir=str(tmp_path / "r"))
+    assert loop.artist_note(base).startswith("note: this split keeps songs apart, not artists")
+    assert loop.artist_note(base.replace(split="kfold:5")) == loop.artist_note(base)
+    for other in (dict(data="synthetic"), dict(group_by="artist"), dict(split="fault-filtered"),
+                  dict(split="all", test_data=str(tmp_path / "others"))):
+        assert loop.artist_note(base.replace(**other)) is None, other
+    # train_members says it once, as the last line, after every member's accuracy and the ensemble's.
+    def fake_train(cfg, log):
+        log(f"test accuracy of member {cfg.member}")
+        logp = [[0.0, -1.0], [-1.0, 0.0]] if cfg.member else [[0.0, -2.0], [0.0, -1.0]]
+        return {"test": {"song_log_probs": logp, "song_labels": [0, 1]}, "class_names": ["a", "b"],
+                "test_accuracy": 1.0 if cfg.member else 0.5}
+    monkeypatch.setattr(loop, "train", fake_train)
+    for ensemble in (1, 2):
+        said = []
+        loop.train_members(base.replace(ensemble=ensemble), log=said.append)
+        assert said[-1] == loop.artist_note(base) and said.count(said[-1]) == 1, said
+        assert said[-2].startswith("ensemble of 2") if ensemble == 2 else said == ["test accuracy of member 0",
+                                                                                    said[-1]]
+    said = []
+    loop.train_members(base.replace(group_by="artist", ensemble=2), log=said.append)
+    assert said[-1].startswith("ensemble of 2") and not any(line.startswith("note:") for line in said)
+
+
 @pytest.mark.slow  # trains a second network
 def test_train_with_an_ensemble_trains_each_member_and_scores_their_mean(smoke_record, tmp_path, capsys):
     wd = str(tmp_path / "ens")

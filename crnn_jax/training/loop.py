@@ -178,10 +178,19 @@ def train(cfg: Config, *, log=print) -> dict:
         log(f"test accuracy {test['accuracy']:.4f} by song ({test['n_songs']} songs), {test['window_accuracy']:.4f} "
             f"by window, {results['tested_checkpoint']} checkpoint (step {results['tested_step']}); "
             f"{train_seconds:.1f} s of training; results in {workdir}")
-        if cfg.data != "synthetic" and not cfg.group_by and (cfg.split == "random" or cfg.split.startswith("kfold:")):
-            log("note: this split keeps songs apart, not artists: songs of one artist may be on both sides, which "
-                "inflates accuracy; --group-by artist keeps each artist on one side")
     return results
+
+
+def artist_note(cfg: Config) -> str | None:
+    """The reminder `train` ends with when its test songs may share artists with its training songs: a split
+    by song (random or k-fold) of a user's folder without --group-by; None otherwise (the synthetic set has
+    no artists; fault-filtered and --group-by keep them apart; a separate --test-data is another set)."""
+    if cfg.data == "synthetic" or cfg.group_by or cfg.test_data:
+        return None
+    if cfg.split == "random" or cfg.split.startswith("kfold:"):
+        return ("note: this split keeps songs apart, not artists: songs of one artist may be on both sides, which "
+                "inflates accuracy; --group-by artist keeps each artist on one side")
+    return None
 
 
 def intervals(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
@@ -193,7 +202,8 @@ def intervals(cfg: Config, steps_per_epoch: int) -> tuple[int, int]:
 def train_members(cfg: Config, *, log=print) -> list[dict]:
     """Train (or resume) every network of `cfg` (Config.members: one, or an ensemble's), each as train() does
     -> their results dicts. For an ensemble, one more line: its test accuracy (each test song's mean
-    log-probability over the members, report.ensemble_scores) beside each member's, and how to use it."""
+    log-probability over the members, report.ensemble_scores) beside each member's, and how to use it. Last,
+    once, artist_note's reminder where the split may put one artist's songs on both sides."""
     members = cfg.members()
     for c in members[1:]:  # a member's workdir that cannot be used: said now, not after member 0's training
         workdir_lib.check(c.resolved_workdir(), c, log=lambda *_: None)
@@ -205,7 +215,11 @@ def train_members(cfg: Config, *, log=print) -> list[dict]:
         alone = ", ".join(f"{r['test_accuracy']:.4f}" for r in results)
         log(f"ensemble of {len(results)}: test accuracy {ens['accuracy']:.4f} by song (members alone: {alone}); "
             f"predict or evaluate with {workdirs}")
+    note = artist_note(cfg)
+    if note and dist.is_primary():
+        log(note)  # once, last: after every member's accuracy and the ensemble's
     return results
 
 
-__all__ = ["Diverged", "TARGET_ACCURACY", "intervals", "load_data", "prepare", "train", "train_members"]
+__all__ = ["Diverged", "TARGET_ACCURACY", "artist_note", "intervals", "load_data", "prepare", "train",
+           "train_members"]
