@@ -92,6 +92,8 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"{s['model'].upper()} {pm(s['network'])}"
           + (f"; MFCC+SVM {pm(s['baseline'])}; difference {pm(s['difference'])}" if "baseline" in s else "")
           + f"; summary in {os.path.join(args.out, 'summary.md')}")
+    if cfg.data != "synthetic":  # what the folds measure (artists on both sides, unless grouped): said once, last
+        print(f"note: {s['note']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,6 +171,7 @@ def test_all_folds_from_one_call_then_skip_and_resume(kfold, folder, tmp_path, c
     assert cv.main(cv_args(folder, out)) == 0
     log = capsys.readouterr().out
     assert log.count("done before") == K and "resumed" not in log
+    assert log.strip().splitlines()[-1] == f"note: {cv_summary.NOTE}" and log.count("note:") == 1  # said once, last
     assert {w: os.path.getmtime(os.path.join(w, "metrics.jsonl")) for w in stamps} == stamps
     again = load(out, "summary.json")
     assert again["network"] == s["network"] and [r["workdir"] for r in again["runs"]] == list(stamps)

@@ -182,7 +182,7 @@ def train(cfg: Config, *, log=print) -> dict:
 
 
 def artist_note(cfg: Config) -> str | None:
-    """The reminder `train` ends with when its test songs may share artists with its training songs: a split
+    """The reminder train_members ends with when its test songs may share artists with its training songs: a split
     by song (random or k-fold) of a user's folder without --group-by; None otherwise (the synthetic set has
     no artists; fault-filtered and --group-by keep them apart; a separate --test-data is another set)."""
     if cfg.data == "synthetic" or cfg.group_by or cfg.test_data:
