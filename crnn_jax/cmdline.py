@@ -1,6 +1,6 @@
 """What every command shares: one parser whose errors are one line, help that shows each default, the one
-place a failure becomes one line and an exit status (`run`), and the training flags (and `--set FIELD=VALUE`) -> Config that
-`crnn-jax train` and `crnn-jax cv` both use.
+place a failure becomes one line and an exit status (`run`), and the training flags (and `--set FIELD=VALUE`)
+-> Config that `crnn-jax train` and `crnn-jax cv` both use.
 
 Exit statuses: 0 done; 1 the machine failed (out of memory, disk full, no permission) or training diverged;
 2 bad input (a flag, preset, data, workdir, checkpoint or model file); 130 interrupted.
