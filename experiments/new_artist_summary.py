@@ -31,7 +31,14 @@ def load(path: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="workdirs or evaluation folders of one choice")
-    runs = [load(r) for r in p.parse_args(argv).runs]
+    runs = []
+    for r in p.parse_args(argv).runs:
+        try:
+            runs.append(load(r))
+        except (OSError, ValueError, KeyError) as e:  # a run not finished, or not a run: one line naming it
+            print(f"new_artist_summary: {r}: no readable results.json ({type(e).__name__}: {e}); give a finished "
+                  f"workdir or a `crnn-jax evaluate --out` folder", file=sys.stderr)
+            return 2
     first = runs[0]
     if any(r["songs"] != first["songs"] or r["classes"] != first["classes"] for r in runs):
         print("new_artist_summary: the runs scored different songs or genres", file=sys.stderr)

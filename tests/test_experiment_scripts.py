@@ -41,6 +41,10 @@ def test_new_artist_summary_pools_recall_and_ensembles_by_mean_log_probability(t
     assert "0.667 +- 0.000 (0.667, 0.667)" in out
     assert "per-genre recall, pooled: a 1.00, b 0.50, c 0.50" in out
     assert "the 2 runs as one ensemble: 1.000" in out
+    # A run that has not finished: one line naming it, not a traceback.
+    assert _script("new_artist_summary").main([str(tmp_path / "r1"), str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'missing'}: no readable results.json" in err[0]
 
 
 def test_tta_lowpass_plain_view_is_the_runs_test_pass_and_a_nyquist_cutoff_changes_nothing(smoke_record):
