@@ -14,6 +14,7 @@ ours against it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -31,6 +32,8 @@ def smoothing_coefficient(time_constant: float, sample_rate: int, hop_length: in
     return (math.sqrt(1.0 + 4.0 * t_frames ** 2) - 1.0) / (2.0 * t_frames ** 2)
 
 
+@functools.partial(jax.jit, static_argnames=("sample_rate", "hop_length", "gain", "bias", "power",
+                                             "time_constant", "eps"))
 def pcen(S: jax.Array, *, sample_rate: int, hop_length: int, gain: float = 0.98, bias: float = 2.0,
          power: float = 0.5, time_constant: float = 0.4, eps: float = 1e-6) -> jax.Array:
     """PCEN of a non-negative spectrogram S [..., frames, bands] -> [..., frames, bands] float32.
@@ -38,6 +41,7 @@ def pcen(S: jax.Array, *, sample_rate: int, hop_length: int, gain: float = 0.98,
     sample_rate: Hz and hop_length: samples of S's frames (for the time constant, s). gain: the AGC
     exponent (0-1); bias, power: the root compression's offset and exponent (> 0); eps: keeps the
     division finite in silence. Computed as librosa does, in log1p/expm1 form (stable for tiny ratios).
+    Compiled once per shape and settings (all but S static), so eager callers get the fused scan too.
     """
     S = jnp.asarray(S, jnp.float32)
     b = smoothing_coefficient(time_constant, sample_rate, hop_length)
