@@ -184,8 +184,8 @@ def train(cfg: Config, *, log=print) -> dict:
 def artist_note(cfg: Config) -> str | None:
     """The reminder train_members ends with when its test songs may share artists with its training songs: a split
     by song (random or k-fold) of a user's folder without --group-by; None otherwise (the synthetic set has
-    no artists; fault-filtered and --group-by keep them apart; a separate --test-data is another set)."""
-    if cfg.data == "synthetic" or cfg.group_by or cfg.test_data:
+    no artists; fault-filtered and --group-by keep them apart; --split all tests on another set, --test-data)."""
+    if cfg.data == "synthetic" or cfg.group_by:
         return None
     if cfg.split == "random" or cfg.split.startswith("kfold:"):
         return ("note: this split keeps songs apart, not artists: songs of one artist may be on both sides, which "
